@@ -1,0 +1,1 @@
+"""I/O around the pure engine: PBX adapters, the service runtime, CLI, replay."""

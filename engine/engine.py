@@ -1,0 +1,392 @@
+"""The engine facade: one object the runtime feeds events to.
+
+``Engine.handle(event)`` merges PBX events into the calls registry, routes
+the resulting leg changes to the transfers they concern (correlating each
+consultation's target leg), and returns the commands that follow.  It is
+pure: no I/O, no clock, no logging.  Same events in, same commands out.
+
+Command order within one ``handle`` result is meaningful: a transfer's
+:class:`~engine.model.TransferChanged` comes before its PBX requests, so a
+runtime that persists it first has every decision on disk before the request
+leaves (write-ahead), and requests of one transfer appear in the order they
+must be executed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from engine.errors import Rejected
+from engine.model import (
+    TALKING_STATUSES,
+    CallChanged,
+    CallEnded,
+    CallFailed,
+    CallsSnapshot,
+    CallUpdated,
+    Command,
+    Event,
+    OperatorRequested,
+    Policy,
+    QueryCalls,
+    RequestFinished,
+    StartTimer,
+    TimerFired,
+    TransferChanged,
+    TransferRequested,
+)
+from engine.registry import CallRegistry, Leg, LegChange
+from engine.transfer import Transfer
+
+_NON_DIGITS = re.compile(r"[^0-9]")
+
+
+def numbers_match(reported: str, wanted: str) -> bool:
+    """Whether a leg's number is the dialled target.
+
+    Trunk legs report the number as sent (a dialling prefix, ``+``, spaces
+    may differ), so compare digits and accept one being a suffix of the other
+    when the shorter has at least 4 digits.  Non-numeric targets (SIP URIs)
+    compare exactly.
+    """
+    if reported == wanted:
+        return True
+    a, b = _NON_DIGITS.sub("", reported), _NON_DIGITS.sub("", wanted)
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    return len(short) >= 4 and long_.endswith(short)
+
+
+class Engine:
+    """Calls registry + one transfer chart per transfer.
+
+    For a :class:`~engine.model.TransferRequested` or
+    :class:`~engine.model.OperatorRequested` the engine may raise
+    :class:`~engine.errors.Rejected` instead of returning: nothing changed.
+    """
+
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.policy = policy or Policy()
+        self.registry = CallRegistry()
+        self._transfers: dict[str, Transfer] = {}
+        self._by_channel: dict[str, str] = {}  # channel → active transfer id
+        self._indexed: dict[str, set[str]] = {}  # transfer id → channels indexed for it
+        self._awaiting: dict[str, Transfer] = {}  # transfers with no target leg yet
+
+    # ------------------------------------------------------------------
+    # the one entry point
+    # ------------------------------------------------------------------
+
+    def handle(self, event: Event) -> list[Command]:
+        touched: dict[str, Transfer] = {}
+        calls_out: list[Command] = []
+        if isinstance(event, (CallUpdated, CallEnded, CallFailed, CallsSnapshot)):
+            changes = self.registry.apply(event)
+            if isinstance(event, CallsSnapshot):
+                self._snapshot(event.at, changes, touched)
+            else:
+                self._route(event.at, changes, touched)
+                if isinstance(event, CallFailed):
+                    self._failed(event, touched)
+            seen: set[str] = set()
+            for change in changes:
+                if change.call_id not in seen:
+                    seen.add(change.call_id)
+                    calls_out.append(
+                        CallChanged(change.call_id, ended=change.call_id not in self.registry.calls)
+                    )
+        elif isinstance(event, TransferRequested):
+            transfer = self._create(event)
+            touched[transfer.id] = transfer
+        elif isinstance(event, OperatorRequested):
+            transfer = self._get(event.transfer_id)
+            transfer.operate(event.at, event.op)
+            touched[transfer.id] = transfer
+        elif isinstance(event, RequestFinished):
+            found = self._transfers.get(event.transfer_id)
+            if found is not None:
+                found.result(event)
+                if found.state == "consulting" and found.target_channel is None:
+                    self._correlate_existing(event.at, found)
+                touched[found.id] = found
+        elif isinstance(event, TimerFired):
+            found = self._transfers.get(event.transfer_id)
+            if found is not None:
+                found.timer(event.at, event.timer)
+                touched[found.id] = found
+        return self._collect(touched) + calls_out
+
+    # ------------------------------------------------------------------
+    # read side
+    # ------------------------------------------------------------------
+
+    def transfer(self, transfer_id: str) -> Mapping[str, Any] | None:
+        """The contract's transfer resource (§3.2) as a JSON-ready dict."""
+        found = self._transfers.get(transfer_id)
+        return found.resource() if found is not None else None
+
+    def transfers(self, active_only: bool = False) -> list[Mapping[str, Any]]:
+        """Resources of transfers the engine holds, newest first."""
+        items = [t for t in self._transfers.values() if not (active_only and t.final)]
+        items.sort(key=lambda t: t.created_at, reverse=True)
+        return [t.resource() for t in items]
+
+    def get(self, transfer_id: str) -> Transfer | None:
+        return self._transfers.get(transfer_id)
+
+    def calls(self) -> list[dict[str, object]]:
+        """Tracked calls as in contract §3.5."""
+        return self.registry.views()
+
+    def call(self, call_id: str) -> Mapping[str, Any] | None:
+        return self.registry.view(call_id)
+
+    # ------------------------------------------------------------------
+    # persistence
+    # ------------------------------------------------------------------
+
+    def export(self, transfer_id: str) -> dict[str, Any]:
+        return self._get(transfer_id).export()
+
+    def restore(self, records: Iterable[Mapping[str, Any]]) -> list[Command]:
+        """Load exported transfers without re-running entry actions.
+
+        Returns the commands that resume them: armed timers again (a past
+        deadline fires at once), and a reconciliation query for every
+        transfer whose request was in flight — its outcome is unknown, and
+        it is settled from the PBX's view, never re-sent.
+        """
+        out: list[Command] = []
+        for record in records:
+            transfer = Transfer.restore(dict(record))
+            self._transfers[transfer.id] = transfer
+            self._reindex(transfer)
+            for tag, deadline in transfer.timers.items():
+                out.append(StartTimer(transfer.id, tag, deadline))
+            if transfer.pending is not None and not transfer.final:
+                transfer.pending.unknown = True
+                out.append(QueryCalls(transfer.id, f"restart with {transfer.pending.action} in flight"))
+        return out
+
+    def forget(self, transfer_id: str) -> None:
+        """Drop a final transfer from memory (the store keeps it)."""
+        transfer = self._transfers.get(transfer_id)
+        if transfer is not None and transfer.final:
+            del self._transfers[transfer_id]
+
+    # ------------------------------------------------------------------
+    # internals
+    # ------------------------------------------------------------------
+
+    def _get(self, transfer_id: str) -> Transfer:
+        found = self._transfers.get(transfer_id)
+        if found is None:
+            raise Rejected("not_found", f"no transfer with id {transfer_id}")
+        return found
+
+    def _create(self, event: TransferRequested) -> Transfer:
+        if event.transfer_id in self._transfers:
+            raise Rejected("conflict", f"transfer id {event.transfer_id} is already in use")
+        number = event.number.strip()
+        if not number:
+            raise Rejected("invalid", "number must name the transfer target")
+        leg: Leg | None
+        if event.channel_id:
+            leg = self.registry.leg(event.channel_id)
+            if leg is None:
+                raise Rejected(
+                    "no_active_call", f"channel {event.channel_id} is not in any call the service tracks"
+                )
+        elif event.extension:
+            leg = self.registry.active_channel(event.extension)
+        else:
+            raise Rejected("invalid", "name the party by channel_id or extension")
+        busy = self._by_channel.get(leg.channel_id)
+        if busy is not None:
+            raise Rejected(
+                "transfer_in_progress",
+                f"channel {leg.channel_id} already takes part in active transfer {busy}",
+            )
+        other = self._other_party(leg)
+        policy = self.policy.merged(event.policy)
+        if event.type == "blind":
+            # The member moved is the transferee; the party left is the transferor.
+            transferee: tuple[str | None, str | None] = (leg.channel_id, leg.number)
+            transferor: tuple[str | None, str | None] = (
+                (other.channel_id, other.number) if other else (None, None)
+            )
+            permission: str | None = event.dial_permission or (
+                other.number if other and other.kind == "extension" else leg.number
+            )
+            numbers = [number]
+        else:
+            transferor = (leg.channel_id, leg.number)
+            transferee = (other.channel_id, other.number) if other else (None, None)
+            permission = event.dial_permission or (
+                leg.number if leg.kind == "extension" else None
+            )
+            numbers = [number, *policy.fallback_numbers]
+        transfer = Transfer(
+            event.transfer_id,
+            event.type,
+            policy,
+            numbers,
+            transferor,
+            transferee,
+            permission,
+            leg.call_id,
+            event.at,
+        )
+        self._transfers[transfer.id] = transfer
+        transfer.begin(event.at)
+        return transfer
+
+    def _other_party(self, leg: Leg) -> Leg | None:
+        """The one other leg of ``leg``'s call (the talking one if several)."""
+        others = self.registry.others_in_call(leg.channel_id)
+        if len(others) > 1:
+            others = [o for o in others if o.status in TALKING_STATUSES or o.status == "HOLD"]
+        return others[0] if len(others) == 1 else None
+
+    def _route(self, at: float, changes: list[LegChange], touched: dict[str, Transfer]) -> None:
+        for change in changes:
+            transfer_id = self._by_channel.get(change.channel_id)
+            if transfer_id is not None:
+                transfer = self._transfers[transfer_id]
+                self._apply(at, transfer, change)
+                touched[transfer.id] = transfer
+            elif self._awaiting and (change.old_status is None or change.moved):
+                for transfer in list(self._awaiting.values()):
+                    if self._is_target(transfer, change):
+                        transfer.target_channel = change.channel_id
+                        self._reindex(transfer)
+                        transfer.note_target(at, change.status, change.failed)
+                        touched[transfer.id] = transfer
+                        break
+
+    def _apply(self, at: float, transfer: Transfer, change: LegChange) -> None:
+        channel = change.channel_id
+        if channel == transfer.target_channel:
+            transfer.note_target(at, change.status, change.failed)
+        elif change.status == "BYE":
+            transfer.party_left(at, "transferor" if channel == transfer.transferor_channel else "transferee")
+
+    def _is_target(self, transfer: Transfer, change: LegChange) -> bool:
+        """Correlate a new leg with a consultation awaiting its target.
+
+        Three independent clues, because the PBX's behaviour is unconfirmed
+        (see the reference notes): the call id the start request returned
+        (when it is a new call), the dialled number within the calls the
+        transferor is part of, and the dialled number on a leg that appeared
+        after this attempt began.
+        """
+        channel = change.channel_id
+        if (
+            channel in (transfer.transferor_channel, transfer.transferee_channel)
+            or channel in self._by_channel
+        ):
+            return False
+        start = transfer.start_call_id
+        if start and start != transfer.original_call_id and change.call_id == start:
+            return True
+        if not numbers_match(change.number, transfer.number):
+            return False
+        transferor_leg = self.registry.leg(transfer.transferor_channel or "")
+        related = {start, transfer.original_call_id, transferor_leg.call_id if transferor_leg else None}
+        return change.call_id in related or change.old_status is None
+
+    def _correlate_existing(self, at: float, transfer: Transfer) -> None:
+        """After the start was accepted (or a snapshot), look for a target leg
+        that arrived before we could recognise it."""
+        registry = self.registry
+        for call_id in (transfer.start_call_id, transfer.original_call_id):
+            for leg in list(registry.calls.get(call_id or "", {}).values()):
+                if self._claim(at, transfer, leg, strong=True):
+                    return
+        for leg in list(registry.legs.values()):
+            if leg.since >= transfer.attempt_started_at and self._claim(at, transfer, leg, strong=False):
+                return
+
+    def _claim(self, at: float, transfer: Transfer, leg: Leg, *, strong: bool) -> bool:
+        change = LegChange(leg.channel_id, leg.call_id, leg.kind, leg.number, None, leg.status)
+        if not strong and not numbers_match(leg.number, transfer.number):
+            return False
+        if not self._is_target(transfer, change):
+            return False
+        transfer.target_channel = leg.channel_id
+        self._reindex(transfer)
+        transfer.note_target(at, leg.status)
+        return True
+
+    def _failed(self, event: CallFailed, touched: dict[str, Transfer]) -> None:
+        """A 30015 for a consultation whose target leg we never saw."""
+        for transfer in list(self._awaiting.values()):
+            start = transfer.start_call_id
+            if start and start != transfer.original_call_id and event.call_id == start:
+                transfer.target_failed(event.at, event.reason)
+                touched[transfer.id] = transfer
+
+    def _snapshot(self, at: float, changes: list[LegChange], touched: dict[str, Transfer]) -> None:
+        alive = set(self.registry.legs)
+        vanished = {c.channel_id for c in changes if c.status == "BYE"}
+        for transfer in [t for t in self._transfers.values() if not t.final]:
+            channels = transfer.channels()
+            if channels and not channels & alive and (channels & vanished or transfer.pending is not None):
+                transfer.lost(at)
+                touched[transfer.id] = transfer
+        self._route(
+            at,
+            [
+                c
+                for c in changes
+                if self._by_channel.get(c.channel_id) not in _ids(touched) or c.status != "BYE"
+            ],
+            touched,
+        )
+        for transfer in [t for t in self._transfers.values() if not t.final]:
+            if transfer.awaiting_target() and transfer.state != "idle":
+                self._correlate_existing(at, transfer)
+            if transfer.pending is not None and transfer.pending.unknown:
+                candidate = transfer.target_channel
+                if candidate is None and transfer.pending.action == "start":
+                    self._correlate_existing(at, transfer)
+                    candidate = transfer.target_channel
+                transfer.reconcile(at, alive, candidate)
+                touched[transfer.id] = transfer
+
+    def _reindex(self, transfer: Transfer) -> None:
+        old = self._indexed.get(transfer.id, set())
+        new = set() if transfer.final else transfer.channels()
+        for channel in old - new:
+            if self._by_channel.get(channel) == transfer.id:
+                del self._by_channel[channel]
+        for channel in new - old:
+            self._by_channel[channel] = transfer.id
+        if new:
+            self._indexed[transfer.id] = new
+        else:
+            self._indexed.pop(transfer.id, None)
+        if transfer.awaiting_target():
+            self._awaiting[transfer.id] = transfer
+        else:
+            self._awaiting.pop(transfer.id, None)
+
+    def _collect(self, touched: dict[str, Transfer]) -> list[Command]:
+        out: list[Command] = []
+        for transfer in touched.values():
+            self._reindex(transfer)
+            if transfer.dirty:
+                transfer.dirty = False
+                out.append(TransferChanged(transfer.id, transfer.resource(), transfer.final))
+            out.extend(transfer.out)
+            transfer.out = []
+        return out
+
+
+def _ids(touched: dict[str, Transfer]) -> set[str]:
+    return {tid for tid, t in touched.items() if t.final}
