@@ -227,9 +227,7 @@ class Engine:
         else:
             transferor = (leg.channel_id, leg.number)
             transferee = (other.channel_id, other.number) if other else (None, None)
-            permission = event.dial_permission or (
-                leg.number if leg.kind == "extension" else None
-            )
+            permission = event.dial_permission or (leg.number if leg.kind == "extension" else None)
             numbers = [number, *policy.fallback_numbers]
         transfer = Transfer(
             event.transfer_id,
@@ -332,11 +330,15 @@ class Engine:
                 touched[transfer.id] = transfer
 
     def _snapshot(self, at: float, changes: list[LegChange], touched: dict[str, Transfer]) -> None:
-        alive = set(self.registry.legs)
+        alive = {channel: leg.status for channel, leg in self.registry.legs.items()}
         vanished = {c.channel_id for c in changes if c.status == "BYE"}
         for transfer in [t for t in self._transfers.values() if not t.final]:
             channels = transfer.channels()
-            if channels and not channels & alive and (channels & vanished or transfer.pending is not None):
+            if (
+                channels
+                and not channels & alive.keys()
+                and (channels & vanished or transfer.pending is not None)
+            ):
                 transfer.lost(at)
                 touched[transfer.id] = transfer
         self._route(

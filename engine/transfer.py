@@ -9,6 +9,7 @@ the facts if none is in flight.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -307,10 +308,10 @@ class Transfer:
             self._refused(at, pending, gone=event.gone)
         self._decide(at)
 
-    def reconcile(self, at: float, alive: set[str], target_candidate: str | None) -> None:
+    def reconcile(self, at: float, alive: Mapping[str, str], target_candidate: str | None) -> None:
         """A snapshot arrived; settle a request whose outcome was unknown.
 
-        ``alive`` holds the channel ids the PBX reports; ``target_candidate``
+        ``alive`` maps the channel ids the PBX reports to their status; ``target_candidate``
         is a correlated target leg, if any (for an unknown ``start``).
         """
         pending = self.pending
@@ -332,9 +333,8 @@ class Transfer:
                 return
             done = True
         elif action == "swap":
-            done = (
-                self.target_status == "held" if pending.then[0] == "swapped" else self.target_status != "held"
-            )
+            held = alive.get(self.target_channel or "") == "HOLD"
+            done = held if pending.then[0] == "swapped" else not held
         else:  # threeway
             done = self.target_status == "answered" and not self.transferor_gone
         if done:

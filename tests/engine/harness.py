@@ -70,12 +70,25 @@ class Harness:
         return only_request(out)
 
     def result(
-        self, request: PbxRequest, outcome: str = "ok", *, call_id: str | None = None, errcode: int | None = None,
+        self,
+        request: PbxRequest,
+        outcome: str = "ok",
+        *,
+        call_id: str | None = None,
+        errcode: int | None = None,
         gone: bool = False,
     ) -> list[Command]:
         return self.feed(
-            RequestFinished(self.now, request.transfer_id, request.request_id, outcome, call_id, errcode,  # type: ignore[arg-type]
-                            "" if outcome == "ok" else "FAILURE", gone)
+            RequestFinished(
+                self.now,
+                request.transfer_id,
+                request.request_id,
+                outcome,
+                call_id,
+                errcode,  # type: ignore[arg-type]
+                "" if outcome == "ok" else "FAILURE",
+                gone,
+            )
         )
 
     def consulting(self, transfer_id: str = "t1", **policy: Any) -> None:
@@ -104,7 +117,9 @@ class Harness:
         return self.feed(OperatorRequested(self.now, transfer_id, op))  # type: ignore[arg-type]
 
     def fire(self, kind: str, transfer_id: str = "t1") -> list[Command]:
-        tags = [t for t in self.timers if t.startswith(kind + "#") and self.timers[t].transfer_id == transfer_id]
+        tags = [
+            t for t in self.timers if t.startswith(kind + "#") and self.timers[t].transfer_id == transfer_id
+        ]
         assert tags, f"no {kind} timer was ever started"
         tag = tags[-1]
         self.now = max(self.now, self.timers[tag].at)
@@ -125,7 +140,9 @@ class Harness:
         return dict(resource)
 
     def requests(self, action: str | None = None) -> list[PbxRequest]:
-        return [c for c in self.commands if isinstance(c, PbxRequest) and (action is None or c.action == action)]
+        return [
+            c for c in self.commands if isinstance(c, PbxRequest) and (action is None or c.action == action)
+        ]
 
 
 def only_request(out: list[Command]) -> PbxRequest:
