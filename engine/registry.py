@@ -29,7 +29,6 @@ from dataclasses import dataclass
 
 from engine.errors import Rejected
 from engine.model import (
-    RINGING_STATUSES,
     TALKING_STATUSES,
     CallEnded,
     CallFailed,
@@ -38,6 +37,8 @@ from engine.model import (
     Member,
 )
 
+#: Statuses of a leg being called (not of a caller hearing ringback).
+CALLEE_RINGING = frozenset({"RING", "EARLYMEDIA"})
 #: How long (event-time seconds) a hung-up channel id is remembered.
 TOMBSTONE_TTL = 300.0
 
@@ -161,7 +162,7 @@ class CallRegistry:
         """
         changes: list[LegChange] = []
         for member in event.members:
-            if member.status not in TALKING_STATUSES and member.status != "HOLD":
+            if member.status in CALLEE_RINGING or member.status == "BYE":
                 leg = self.legs.get(member.channel_id)
                 if leg is not None:
                     changes.append(self._remove(leg, event.at, failed=event.reason))
@@ -179,7 +180,9 @@ class CallRegistry:
                         )
                     )
         for leg in list(self.calls.get(event.call_id, {}).values()):
-            if leg.status in RINGING_STATUSES:
+            # RING/EARLYMEDIA are callee legs; ALERT is a caller hearing
+            # ringback (the transferor, with some PBX variants): it stays.
+            if leg.status in CALLEE_RINGING:
                 changes.append(self._remove(leg, event.at, failed=event.reason))
         return changes
 

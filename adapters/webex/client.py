@@ -1,0 +1,246 @@
+"""A thin httpx client for the handful of Webex Calling requests xferd makes.
+
+Why not ``wxc_sdk``: we need eight calls, and its ``transfer()`` parses the
+204 of an attended transfer as a body and raises although the transfer
+happened — the one request we must never misreport.  A small client also lets
+us classify every failure by what it means for a phone call:
+
+* ``refused`` — Webex answered 4xx: it did not act (429/423 are retried here,
+  within a budget, because the server refused *before* acting);
+* ``unknown`` — the request may have reached Webex and been acted on (timeout
+  after sending, connection lost mid-request, 5xx): the engine must reconcile
+  from the PBX's view, never resend blindly;
+* ``unreachable`` — the request never left (connection refused, DNS, TLS): it
+  is safe to report as not done.
+
+Every request carries a fresh ``TrackingID`` header (``XFERD_<uuid>``) so a
+support case can name it, and the ``trackingId`` of every error response is
+logged.  The access token lives only in the client's default headers: it is
+never logged, never put in an exception, never passed to the observer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import structlog
+
+from adapters.base import Observer
+
+log = structlog.get_logger(__name__)
+
+ErrorKind = Literal["refused", "unknown", "unreachable"]
+
+#: Statuses whose ``Retry-After`` we honour: the server refused before acting.
+THROTTLE_STATUSES = frozenset({423, 429})
+#: Keys whose values never leave the client (the webhook secret travels in a
+#: registration body and comes back in its answer).
+_SECRET_KEYS = frozenset({"secret"})
+_DEFAULT_RETRY_AFTER_S = 1.0
+
+
+class WebexError(Exception):
+    """A Webex request did not succeed.
+
+    ``kind`` says what the caller may conclude (see the module docstring);
+    ``status`` is the HTTP status when Webex answered; ``retry_after`` is set
+    for a throttled request the client gave up retrying (or was told not to
+    retry), so a poller can stretch its interval.
+    """
+
+    def __init__(
+        self,
+        kind: ErrorKind,
+        message: str,
+        *,
+        status: int | None = None,
+        tracking_id: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.kind: ErrorKind = kind
+        self.message = message
+        self.status = status
+        self.tracking_id = tracking_id
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudget:
+    """How long a throttled request may keep trying.
+
+    Bounded on both counts so an operator's request never hangs for minutes
+    behind a rate limit: past the budget the throttling is reported as a
+    refusal (errcode 429/423), which is true — Webex did not act.
+    """
+
+    max_retries: int = 3
+    max_wait_s: float = 30.0
+
+
+def redact(value: Any) -> Any:
+    """``value`` with every secret-bearing key replaced, recursively."""
+    if isinstance(value, dict):
+        return {k: "***" if k in _SECRET_KEYS else redact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+def retry_after_seconds(header: str | None) -> float:
+    """Seconds to wait per a ``Retry-After`` header (delta-seconds or an
+    HTTP date); a missing or unreadable header means a short default."""
+    if header is None:
+        return _DEFAULT_RETRY_AFTER_S
+    try:
+        return max(0.0, float(header))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return _DEFAULT_RETRY_AFTER_S
+    return max(0.0, when.timestamp() - time.time())
+
+
+class WebexClient:
+    """Sends Webex API requests and reports each to the observer.
+
+    ``transport`` exists for tests (``httpx.MockTransport``); production uses
+    httpx's default transport with ``timeout_s`` on connect/read/write/pool.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        access_token: str,
+        *,
+        timeout_s: float = 5.0,
+        observer: Observer | None = None,
+        budget: RetryBudget = RetryBudget(),
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._observer = observer or Observer()
+        self._budget = budget
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            headers={"Authorization": f"Bearer {access_token}"},
+            timeout=timeout_s,
+            transport=transport,
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        retry_throttled: bool = True,
+        endpoint: str | None = None,
+    ) -> dict[str, Any] | None:
+        """Send ``method path`` with JSON ``body``; return the JSON answer
+        (None for 204 or an empty body).
+
+        Raises :class:`WebexError`.  A 429/423 is retried after its
+        ``Retry-After`` while the :class:`RetryBudget` allows (only when
+        ``retry_throttled``).  ``endpoint`` is the metric label (defaults to
+        ``path``; pass a template when the path holds an id).
+        """
+        label = endpoint or path
+        waited = 0.0
+        attempt = 0
+        while True:
+            try:
+                return await self._send_once(method, path, body, label)
+            except WebexError as error:
+                delay = error.retry_after
+                if (
+                    delay is None
+                    or not retry_throttled
+                    or attempt >= self._budget.max_retries
+                    or waited + delay > self._budget.max_wait_s
+                ):
+                    raise
+                log.info("webex_throttled_retry", endpoint=label, status=error.status, retry_after_s=delay)
+                await asyncio.sleep(delay)
+                waited += delay
+                attempt += 1
+
+    async def _send_once(
+        self, method: str, path: str, body: dict[str, Any] | None, label: str
+    ) -> dict[str, Any] | None:
+        tracking_id = f"XFERD_{uuid.uuid4()}"
+        started = time.monotonic()
+        result = "error"
+        answer: dict[str, Any] | None = None
+        try:
+            try:
+                response = await self._http.request(
+                    method, path, json=body, headers={"TrackingID": tracking_id}
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise WebexError("unreachable", f"Webex API unreachable ({type(exc).__name__})") from exc
+            except httpx.TransportError as exc:
+                result = "unknown"
+                raise WebexError(
+                    "unknown", f"no answer from Webex after sending ({type(exc).__name__})"
+                ) from exc
+            answer = _json_object(response)
+            if response.is_success:
+                result = "ok"
+                return answer
+            error = _error_from(response, answer)
+            result = "unknown" if error.kind == "unknown" else "refused"
+            log.warning(
+                "webex_request_failed",
+                endpoint=label,
+                status=response.status_code,
+                message=error.message,
+                tracking_id=error.tracking_id,
+                request_tracking_id=tracking_id,
+            )
+            raise error
+        finally:
+            self._observer.pbx_request(
+                label, redact(body or {}), redact(answer), result, time.monotonic() - started
+            )
+
+
+def _json_object(response: httpx.Response) -> dict[str, Any] | None:
+    """The response's JSON object, or None (204, empty, not JSON, not an
+    object).  A 204 is never parsed: that is the ``wxc_sdk`` transfer bug."""
+    if response.status_code == 204 or not response.content:
+        return None
+    try:
+        value = json.loads(response.content)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _error_from(response: httpx.Response, answer: dict[str, Any] | None) -> WebexError:
+    status = response.status_code
+    body = answer or {}
+    message = str(body.get("message") or response.reason_phrase or f"HTTP {status}")
+    tracking_id = body.get("trackingId") or response.headers.get("trackingid")
+    retry_after = (
+        retry_after_seconds(response.headers.get("retry-after")) if status in THROTTLE_STATUSES else None
+    )
+    kind: ErrorKind = "unknown" if status >= 500 else "refused"
+    return WebexError(
+        kind,
+        message,
+        status=status,
+        tracking_id=str(tracking_id) if tracking_id else None,
+        retry_after=retry_after,
+    )

@@ -1,0 +1,209 @@
+"""Webex call objects → engine legs: the mapping and why.
+
+Webex Calling reports *calls from one user's point of view*: each call of
+the user (the transferor) has a ``callId``, a ``state`` and a
+``remoteParty``.  The engine thinks in calls made of legs keyed by channel
+id (Yeastar's model).  Each Webex call therefore becomes one engine call
+with two legs:
+
+===========  ============================  ==============================
+engine       user's leg                    remote party's leg
+===========  ============================  ==============================
+call_id      ``callId``                    ``callId``
+channel_id   ``callId``                    ``callId + "/remote"``
+kind         ``extension``                 ``inbound`` (the user was called,
+                                           personality ``terminator``) or
+                                           ``outbound`` (``originator``,
+                                           ``clickToDial``)
+number       the user's number (config)    ``remoteParty.number``
+===========  ============================  ==============================
+
+Why ``callId`` and not ``callSessionId`` as the engine's call id: the start
+request returns the consult call's ``callId`` and the engine correlates the
+target's leg by that id; a session id would add nothing for one user's calls.
+Why the user's leg is keyed by the bare ``callId``: the contract says a Webex
+``channel_id`` *is* the callId of the user's call, so a transfer request names
+the transferor by exactly that.  Thus in an attended transfer the transferor
+is ``callId1``, the transferee ``callId1/remote`` and the target
+``callId2/remote``.
+
+Status mapping (Yeastar ``member_status`` semantics: ``ALERT`` = the caller
+hears ringback, ``RING`` = the callee rings, ``ANSWERED`` = the caller's call
+was answered, ``ANSWER`` = the callee answered, ``HOLD`` = not talking on this
+call because it is held):
+
+==============  =====================  ============  =====================
+Webex state     direction              user's leg    remote leg
+==============  =====================  ============  =====================
+``connecting``  outgoing               ``ALERT``     ``RING``
+``alerting``    incoming               ``RING``      ``ALERT``
+``alerting``    outgoing (click-to-    ``RING``      — (not dialled yet)
+                dial rings the user's
+                own device first)
+``connected``   outgoing               ``ANSWERED``  ``ANSWER``
+``connected``   incoming               ``ANSWER``    ``ANSWERED``
+``held``        either                 ``HOLD``      ``HOLD``
+``remoteHeld``  either                 ``HOLD``      talking status
+==============  =====================  ============  =====================
+
+``held`` (the user held the call) marks *both* legs ``HOLD``: nobody talks on
+a held call, so the transferee shows as held while consulting, the target
+shows as held after a swap (``target.status`` "held"), and the user's held
+call is never mistaken for the talking one.  ``remoteHeld`` (the remote party
+held the user) marks only the user's leg: the remote party is still answered,
+it is merely the one holding.  ``disconnected`` is not a leg status: the call
+is over (:class:`~engine.model.CallEnded`); an *outgoing* call that ends
+without ever being answered is also a failed attempt
+(:class:`~engine.model.CallFailed` first) — that is how a busy or rejecting
+target shows on Webex, which gives no cause.  Any other state is counted and
+skipped, never guessed.
+
+Every update is a full two-leg snapshot of that call (``full=True``): Webex
+always sends the whole call object, and ``data.state`` is the truth.
+
+``at`` on events is the adapter's clock at arrival, not Webex's
+``eventTimestamp``: the engine's timers run on the runtime clock, and the two
+clocks may disagree.  ``eventTimestamp`` is only used to order deliveries.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+
+from engine.model import CallEnded, CallFailed, Event, Member
+
+#: Suffix that turns a user's callId into the channel id of the remote party.
+REMOTE_SUFFIX = "/remote"
+#: The reason carried by :class:`CallFailed` — Webex does not say why.
+NOT_ANSWERED = "disconnected before answer"
+#: Webex states in which the call has been answered.
+ANSWERED_STATES = frozenset({"connected", "held", "remoteHeld"})
+
+# (state, outgoing) -> (user's leg, remote leg or None when not dialled yet)
+_STATUSES: dict[tuple[str, bool], tuple[str, str | None]] = {
+    ("connecting", True): ("ALERT", "RING"),
+    ("alerting", False): ("RING", "ALERT"),
+    ("alerting", True): ("RING", None),
+    ("connected", True): ("ANSWERED", "ANSWER"),
+    ("connected", False): ("ANSWER", "ANSWERED"),
+    ("held", True): ("HOLD", "HOLD"),
+    ("held", False): ("HOLD", "HOLD"),
+    ("remoteHeld", True): ("HOLD", "ANSWER"),
+    ("remoteHeld", False): ("HOLD", "ANSWERED"),
+}
+_OUTGOING_PERSONALITIES = frozenset({"originator", "clickToDial"})
+
+
+class RemoteParty(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    number: str | None = None
+    name: str | None = None
+
+
+class WebexCall(BaseModel):
+    """A Webex call as the user sees it.
+
+    ``GET /telephony/calls`` items name the id ``id``; webhook ``data`` names
+    it ``callId`` and adds ``eventType``/``eventTimestamp``.  Both parse here;
+    unknown keys are ignored.
+    """
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    call_id: str = Field(validation_alias=AliasChoices("callId", "id"), min_length=1)
+    state: str
+    personality: str = ""
+    remote_party: RemoteParty = Field(default_factory=RemoteParty, validation_alias="remoteParty")
+    answered: datetime | None = None
+    event_timestamp: datetime | None = Field(default=None, validation_alias="eventTimestamp")
+
+    @property
+    def outgoing(self) -> bool:
+        """The user placed this call (so the remote party is the callee)."""
+        return self.personality in _OUTGOING_PERSONALITIES
+
+    @property
+    def was_answered(self) -> bool:
+        return self.answered is not None or self.state in ANSWERED_STATES
+
+    @property
+    def event_seconds(self) -> float | None:
+        """``eventTimestamp`` as epoch seconds (comparable whatever its zone)."""
+        return None if self.event_timestamp is None else self.event_timestamp.timestamp()
+
+
+def remote_channel(call_id: str) -> str:
+    """The channel id of the remote party of the user's call ``call_id``."""
+    return call_id + REMOTE_SUFFIX
+
+
+def call_id_of(channel_id: str) -> str:
+    """The Webex callId behind either leg's channel id (the engine may name
+    the remote party's leg where Webex needs the user's call)."""
+    return channel_id.removesuffix(REMOTE_SUFFIX)
+
+
+def call_members(call: WebexCall, user_number: str) -> tuple[Member, ...] | None:
+    """The engine legs of a live call, or None for a state we do not map."""
+    statuses = _STATUSES.get((call.state, call.outgoing))
+    if statuses is None:
+        return None
+    user_status, remote_status = statuses
+    user = Member(kind="extension", number=user_number, channel_id=call.call_id, status=user_status)
+    if remote_status is None:
+        return (user,)
+    remote = Member(
+        kind="outbound" if call.outgoing else "inbound",
+        number=call.remote_party.number or "",
+        channel_id=remote_channel(call.call_id),
+        status=remote_status,
+    )
+    return (user, remote)
+
+
+def call_ended(at: float, call_id: str, *, failed: bool) -> list[Event]:
+    """Events for a call that went ``disconnected``; ``failed`` when it was
+    an outgoing attempt nobody answered (and not one we ended ourselves)."""
+    events: list[Event] = []
+    if failed:
+        events.append(CallFailed(at=at, call_id=call_id, reason=NOT_ANSWERED))
+    events.append(CallEnded(at=at, call_id=call_id))
+    return events
+
+
+def parse_delivery(body: bytes) -> WebexCall | str:
+    """The call in a (signature-checked) webhook delivery, or the reason it
+    is skipped — short and stable, a metric label."""
+    try:
+        envelope = json.loads(body)
+    except ValueError:
+        return "bad_json"
+    if not isinstance(envelope, dict):
+        return "bad_json"
+    if envelope.get("resource") != "telephony_calls":
+        return "wrong_resource"
+    try:
+        return WebexCall.model_validate(envelope.get("data"))
+    except ValueError:
+        return "bad_call_data"
+
+
+def parse_calls(payload: dict[str, Any] | None) -> tuple[list[WebexCall], int]:
+    """Calls in a ``GET /telephony/calls`` answer, and how many items were
+    unreadable (skipped so one odd call never hides the others)."""
+    items = (payload or {}).get("items")
+    if not isinstance(items, list):
+        return [], 1
+    calls: list[WebexCall] = []
+    skipped = 0
+    for item in items:
+        try:
+            calls.append(WebexCall.model_validate(item))
+        except ValueError:
+            skipped += 1
+    return calls, skipped

@@ -1,0 +1,189 @@
+"""Webhook deliveries: signature first, then de-duplication and ordering per
+callId — each state change reaches the engine at most once, never backwards."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from typing import Any
+
+from adapters.webex import WebexAdapter, WebexSimulator
+from engine.model import PbxRequest
+from tests.webex.conftest import MakeAdapter, RecordingObserver, Sink, WebhookReceiver
+
+SECRET = "sim-webhook-secret"
+CUSTOMER = "+15550002000"
+AGENT = "+15550003000"
+RINGING = ("ALERT", "RING")
+ANSWERED = ("ANSWERED", "ANSWER")
+HELD = ("HOLD", "HOLD")
+
+
+def delivery(call_id: str, state: str, second: int, *, delivery_id: str = "d", **data: Any) -> bytes:
+    """A telephony_calls delivery for an outgoing call, stamped ``second`` s past a fixed minute."""
+    body = {
+        "id": delivery_id,
+        "resource": "telephony_calls",
+        "event": "updated",
+        "data": {
+            "callId": call_id,
+            "personality": "clickToDial",
+            "state": state,
+            "remoteParty": {"number": AGENT},
+            "eventTimestamp": f"2026-01-01T10:00:{second:02d}.000Z",
+            **data,
+        },
+    }
+    return json.dumps(body).encode()
+
+
+def sign(body: bytes, secret: str = SECRET) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha1).hexdigest()
+
+
+async def bare_adapter(make_adapter: MakeAdapter) -> WebexAdapter:
+    """An adapter with no webhook registered: the test delivers by hand."""
+    return await make_adapter(public_url=None)
+
+
+async def test_signed_delivery_is_accepted(
+    make_adapter: MakeAdapter, sink: Sink, observer: RecordingObserver
+) -> None:
+    adapter = await bare_adapter(make_adapter)
+    body = delivery("C1", "connecting", 1)
+    assert await adapter.handle_webhook(body, sign(body)) == 204
+    assert (
+        await adapter.handle_webhook(
+            delivery("C1", "connected", 2), sign(delivery("C1", "connected", 2)).upper()
+        )
+        == 204
+    )
+    assert sink.history("C1") == [RINGING, ANSWERED]
+    assert observer.frames == ["telephony_calls.connecting", "telephony_calls.connected"]
+    assert observer.raw == [body.decode(), delivery("C1", "connected", 2).decode()]
+
+
+async def test_missing_or_wrong_signature_is_refused_and_counted(
+    make_adapter: MakeAdapter, sink: Sink, observer: RecordingObserver
+) -> None:
+    adapter = await bare_adapter(make_adapter)
+    body = delivery("C1", "connecting", 1)
+    assert await adapter.handle_webhook(body, None) == 401
+    assert await adapter.handle_webhook(body, "") == 401
+    assert await adapter.handle_webhook(body, sign(body, "other-secret")) == 401
+    assert await adapter.handle_webhook(body, "é" * 40) == 401
+    assert await adapter.handle_webhook(body + b" ", sign(body)) == 401  # tampered body
+    assert observer.bad_reasons() == ["bad_signature"] * 5
+    assert sink.history("C1") == []
+    assert observer.raw == []  # nothing unauthenticated is recorded
+
+
+async def test_without_a_secret_nothing_is_accepted(make_adapter: MakeAdapter, sink: Sink) -> None:
+    adapter = await make_adapter(public_url=None, webhook_secret=None)
+    body = delivery("C1", "connecting", 1)
+    assert await adapter.handle_webhook(body, sign(body)) == 401
+
+
+async def test_signed_garbage_is_counted_and_acknowledged(
+    make_adapter: MakeAdapter, sink: Sink, observer: RecordingObserver
+) -> None:
+    adapter = await bare_adapter(make_adapter)
+    before = len(sink.events)
+    bodies = [
+        b"{oops",
+        json.dumps({"resource": "messages", "data": {"id": "m1"}}).encode(),
+        json.dumps({"resource": "telephony_calls", "data": {"state": "connected"}}).encode(),
+        delivery("C1", "parked", 1),
+    ]
+    for body in bodies:
+        assert await adapter.handle_webhook(body, sign(body)) == 204
+    assert observer.bad_reasons() == ["bad_json", "wrong_resource", "bad_call_data", "unknown_state"]
+    assert len(sink.events) == before
+    # The stream goes on after garbage.
+    good = delivery("C1", "connecting", 2)
+    assert await adapter.handle_webhook(good, sign(good)) == 204
+    assert sink.history("C1") == [RINGING]
+
+
+async def test_duplicates_and_late_deliveries_apply_once_in_order(
+    make_adapter: MakeAdapter, sink: Sink, observer: RecordingObserver
+) -> None:
+    adapter = await bare_adapter(make_adapter)
+    ringing = delivery("C1", "connecting", 1, delivery_id="a")
+    answered = delivery("C1", "connected", 2, delivery_id="b", answered="2026-01-01T10:00:02.000Z")
+    held = delivery("C1", "held", 3, delivery_id="c")
+    # A second registration's copy of the same event: another delivery id, same content.
+    held_copy = delivery("C1", "held", 3, delivery_id="c2")
+    ended = delivery("C1", "disconnected", 4, delivery_id="e")
+    for body in (answered, ringing, answered, held, held_copy, ended, held, ended):
+        assert await adapter.handle_webhook(body, sign(body)) == 204
+    assert sink.history("C1") == [ANSWERED, HELD, ("ENDED",)]  # answered once: no failed attempt
+    assert observer.bad_reasons() == ["stale", "duplicate", "duplicate", "stale", "stale"]
+
+
+async def test_update_that_changes_no_leg_is_not_repeated(make_adapter: MakeAdapter, sink: Sink) -> None:
+    adapter = await bare_adapter(make_adapter)
+    for second, muted in ((1, False), (2, True)):
+        body = delivery("C1", "connected", second, muted=muted)
+        await adapter.handle_webhook(body, sign(body))
+    assert sink.history("C1") == [ANSWERED]
+
+
+async def test_same_instant_different_state_is_applied(make_adapter: MakeAdapter, sink: Sink) -> None:
+    adapter = await bare_adapter(make_adapter)
+    for state in ("connecting", "connected"):
+        body = delivery("C1", state, 1)
+        await adapter.handle_webhook(body, sign(body))
+    assert sink.history("C1") == [RINGING, ANSWERED]
+
+
+async def test_wrongly_signed_deliveries_over_http_get_401(
+    sim: WebexSimulator,
+    receiver: WebhookReceiver,
+    make_adapter: MakeAdapter,
+    sink: Sink,
+    observer: RecordingObserver,
+) -> None:
+    await bare_adapter(make_adapter)
+    sim.deliver_to(receiver.public_url + "/v1/webhooks/webex", secret="not-the-secret")
+    call_id = sim.incoming_call(CUSTOMER)
+    await sim.drained()
+    assert [d.status for d in sim.deliveries] == [401, 401]
+    assert observer.bad_reasons() == ["bad_signature", "bad_signature"]
+    assert sink.history(call_id) == []
+
+
+async def test_duplicated_deliveries_over_http(
+    sim: WebexSimulator, make_adapter: MakeAdapter, sink: Sink, observer: RecordingObserver
+) -> None:
+    adapter = await make_adapter()
+    sim.duplicate_deliveries = True
+    original = sim.incoming_call(CUSTOMER)
+    finished = await adapter.execute(
+        PbxRequest(request_id="r", transfer_id="t", action="start", channel_id=original, number=AGENT)
+    )
+    assert finished.call_id is not None
+    await sink.wait_last(finished.call_id, ANSWERED)
+    await sim.drained()
+
+    assert sink.history(original) == [("RING", "ALERT"), ("ANSWER", "ANSWERED"), HELD]
+    assert sink.history(finished.call_id) == [RINGING, ANSWERED]
+    assert len(sim.deliveries) == 10 and all(d.status == 204 for d in sim.deliveries)
+    assert observer.bad_reasons() == ["duplicate"] * 5
+
+
+async def test_reordered_deliveries_over_http_never_go_backwards(
+    sim: WebexSimulator, make_adapter: MakeAdapter, sink: Sink, observer: RecordingObserver
+) -> None:
+    await make_adapter()
+    sim.reorder_deliveries = True
+    call_id = sim.incoming_call(CUSTOMER)  # alerting, connected: delivered connected, alerting
+    await sim.drained()
+    sim.hangup_remote(call_id)
+    await sim.drained()
+
+    first_states = [json.loads(d.body)["data"]["state"] for d in sim.deliveries]
+    assert first_states == ["connected", "alerting", "disconnected"]  # the simulator did reorder
+    assert sink.history(call_id) == [("ANSWER", "ANSWERED"), ("ENDED",)]
+    assert observer.bad_reasons() == ["stale"]
