@@ -76,8 +76,9 @@ transferor hangup     note         on_transferor_  on_transferor_  →completed 
 timeout (no answer)   —            abort→fallback  abort→fallback  —               —            —
                                    or aborted      or aborted
                                    (no_answer)     (no_answer)
-op complete           409          complete        complete        complete        409          409
-op abort              409          abort           abort           abort           409          409
+op complete           409          complete        complete        hang up         409          409
+                                                                   transferor
+op abort              409          abort           abort           hang up target  409          409
 op swap               409          swap→swapped    swap→consulting 409             409          409
 op threeway           409          threeway (if    threeway (if    409             409          409
                                    answered)       answered)
@@ -107,6 +108,9 @@ Notes on the cells:
 * ``on_transferor_hangup = complete`` sends ``complete`` (a refusal meaning
   "channel gone" is the PBX having merged the call itself, as Asterisk's
   "blond" transfer does); ``abort`` hangs up the target leg instead.
+* In ``threeway`` the PBX's attended transfer is over (Asterisk ends it
+  there), so ``complete`` means "the transferor leaves" and ``abort`` "the
+  target leaves": each is a hang-up of that leg.
 * Result cells move the chart only for the request in flight; results for
   anything else are stale and ignored.
 """

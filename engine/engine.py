@@ -5,7 +5,8 @@ the resulting leg changes to the transfers they concern (correlating each
 consultation's target leg), and returns the commands that follow.  It is
 pure: no I/O, no clock, no logging.  Same events in, same commands out.
 
-Command order within one ``handle`` result is meaningful: a transfer's
+Command order within one ``handle`` result is meaningful: call changes come
+first (the cause), then for each transfer its
 :class:`~engine.model.TransferChanged` comes before its PBX requests, so a
 runtime that persists it first has every decision on disk before the request
 leaves (write-ahead), and requests of one transfer appear in the order they
@@ -119,7 +120,8 @@ class Engine:
             if found is not None:
                 found.timer(event.at, event.timer)
                 touched[found.id] = found
-        return self._collect(touched) + calls_out
+        # Call changes first: a timeline then reads cause before effect.
+        return calls_out + self._collect(touched)
 
     # ------------------------------------------------------------------
     # read side

@@ -62,6 +62,7 @@ class Pending:
     then: tuple[str, str]
     by: str
     unknown: bool = False
+    channel_id: str = ""  # the leg a request acts on
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -70,6 +71,7 @@ class Pending:
             "then": list(self.then),
             "by": self.by,
             "unknown": self.unknown,
+            "channel_id": self.channel_id,
         }
 
 
@@ -159,6 +161,10 @@ class Transfer:
             return []
         target_up = self.target_status != "gone"
         allowed: list[Op] = []
+        if state == "threeway":
+            # The PBX's transfer is over once all three talk: "complete" is the
+            # transferor leaving, "abort" the target leaving (both hang-ups).
+            return ["complete", "abort"]
         if not self.complete_sent and target_up:
             allowed.append("complete")
         allowed.append("abort")
@@ -276,6 +282,10 @@ class Transfer:
         if op not in allowed:
             raise Rejected("not_allowed", self._not_allowed_detail(op, allowed))
         self._touch(at)
+        if self.state == "threeway":
+            leaving = self.transferor_channel if op == "complete" else self.target_channel
+            outcome = "completed" if op == "complete" else "aborted"
+            return self._request(at, "hangup", (outcome, "operator"), "operator", channel_id=leaving)
         then: tuple[str, str]
         if op == "complete":
             then = ("completed", "operator")
@@ -325,13 +335,15 @@ class Transfer:
             done = target_candidate is not None
         elif action == "complete" or action == "blind":
             done = self.transferor_channel not in alive
-        elif action in ("abort", "hangup"):
-            if self.target_channel in alive and action == "abort":
+        elif action == "abort":
+            if self.target_channel in alive:
                 # The consultation may still ring: hang the target leg up
                 # rather than blindly re-sending the abort.
                 self._request(at, "hangup", pending.then, "auto", channel_id=self.target_channel)
                 return
             done = True
+        elif action == "hangup":
+            done = pending.channel_id not in alive
         elif action == "swap":
             held = alive.get(self.target_channel or "") == "HOLD"
             done = held if pending.then[0] == "swapped" else not held
@@ -392,14 +404,15 @@ class Transfer:
     ) -> PbxRequest:
         self.seq += 1
         request_id = f"{self.id}/{self.seq}"
-        self.pending = Pending(request_id, action, then, by)
+        channel = channel_id or self.transferor_channel or ""
+        self.pending = Pending(request_id, action, then, by, channel_id=channel)
         if action == "complete":
             self.complete_sent = True
         request = PbxRequest(
             request_id=request_id,
             transfer_id=self.id,
             action=action,
-            channel_id=channel_id or self.transferor_channel or "",
+            channel_id=channel,
             number=number,
             dial_permission=self.dial_permission if action in ("start", "blind") else None,
             target_channel_id=self.target_channel,
@@ -472,7 +485,7 @@ class Transfer:
             self._finish(at, "completed", "transferor_hangup")  # the PBX merged it itself ("blond")
         elif action == "blind":
             self._finish(at, "aborted", "pbx_error")
-        elif action == "hangup":
+        elif action == "hangup" and pending.by == "auto":
             self._finish(at, outcome, reason)  # a clean-up the PBX refused: nothing more to do
         elif action == "abort" and pending.by == "auto":
             self._finish(at, "aborted", reason)
@@ -633,5 +646,6 @@ class Transfer:
                 (pending["then"][0], pending["then"][1]),
                 pending["by"],
                 pending["unknown"],
+                pending.get("channel_id", ""),
             )
         return transfer

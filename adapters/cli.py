@@ -1,0 +1,172 @@
+"""The ``xferd`` command line (contract §1).
+
+Subcommands register themselves with :func:`command`; adding one (``replay``,
+``record``) is one decorated function in this module::
+
+    @command("replay", "replay recorded scenarios", arg("paths", nargs="+", metavar="PATH"))
+    def replay(args: argparse.Namespace) -> int:
+        ...
+
+Every failure a user can cause (bad arguments, a bad config file) is one line
+on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+@dataclass(frozen=True)
+class Argument:
+    """``add_argument(*flags, **options)``, deferred until the parser is built."""
+
+    flags: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    help: str
+    handler: Handler
+    arguments: tuple[Argument, ...]
+
+
+#: The registration point: every ``@command`` lands here, in definition order.
+COMMANDS: list[Command] = []
+
+
+def arg(*flags: str, **options: Any) -> Argument:
+    return Argument(flags, options)
+
+
+def command(name: str, help: str, *arguments: Argument) -> Callable[[Handler], Handler]:
+    """Register ``handler(args) -> exit code`` as ``xferd <name>``."""
+
+    def register(handler: Handler) -> Handler:
+        COMMANDS.append(Command(name, help, handler, arguments))
+        return handler
+
+    return register
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump): ``xferd: error: …``, exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"xferd: error: {message}\n")
+        sys.exit(2)
+
+
+def fail(message: str, code: int) -> int:
+    sys.stderr.write(f"xferd: {message}\n")
+    return code
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected 0-65535")
+    return int(text)
+
+
+def until_signalled(main: Coroutine[Any, Any, Any]) -> None:
+    """Run ``main`` until it returns or SIGINT/SIGTERM arrives, then cancel it cleanly."""
+
+    async def runner() -> None:
+        loop = asyncio.get_running_loop()
+        task = asyncio.ensure_future(main)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(runner())
+
+
+# -- subcommands ----------------------------------------------------------------
+
+
+@command(
+    "run",
+    "run the service against the PBX named in the config file",
+    arg("--config", required=True, metavar="PATH", help="TOML config file (see the contract, section 2)"),
+    arg("--log-level", default="info", choices=("debug", "info", "warning", "error")),
+)
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from adapters.base import FatalPbxError
+    from adapters.service import logs
+    from adapters.service.config import ConfigError, load
+    from adapters.service.server import run_until_signalled
+    from adapters.service.store import StoreError
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        return fail(str(exc), 2)
+    logs.configure("json", getattr(logging, args.log_level.upper()))
+    try:
+        asyncio.run(run_until_signalled(config))
+    except FatalPbxError as exc:
+        return fail(f"PBX: {exc}", 1)
+    except StoreError as exc:
+        return fail(str(exc), 1)
+    except OSError as exc:  # the API address cannot be bound
+        return fail(f"cannot listen on {config.api.listen}: {exc.strerror or exc}", 1)
+    return 0
+
+
+@command("demo", "play a scripted attended transfer against the built-in PBX simulator")
+def demo(args: argparse.Namespace) -> int:
+    from adapters.service.demo import run_demo
+
+    return asyncio.run(run_demo())
+
+
+@command(
+    "simulate",
+    "run the PBX simulator alone (loopback), for integration tests",
+    arg(
+        "--port",
+        required=True,
+        type=port_number,
+        metavar="N",
+        help="TCP port on 127.0.0.1 (0: any free port)",
+    ),
+)
+def simulate(args: argparse.Namespace) -> int:
+    from adapters.yeastar.simulator import serve_forever
+
+    until_signalled(serve_forever(args.port))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="xferd", description="Event-driven attended-transfer service.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for cmd in COMMANDS:
+        child = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        for argument in cmd.arguments:
+            child.add_argument(*argument.flags, **argument.options)
+        child.set_defaults(handler=cmd.handler)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The service's TOML configuration (contract §2), validated before anything starts.
+
+A config mistake should cost the admin one glance, not a stack trace: every
+problem becomes a :class:`ConfigError` whose message is one line naming the
+file, the key and what was expected.  Secrets are :class:`~pydantic.SecretStr`
+so they cannot leak through ``repr`` or logs, and error messages never quote
+the offending value (it might be a mistyped secret).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from engine.model import Policy
+
+#: Environment variables that override (or supply) secrets: (table, key) per variable.
+SECRET_ENV: dict[str, tuple[str, str]] = {
+    "XFERD_PBX_CLIENT_SECRET": ("pbx", "client_secret"),
+    "XFERD_PBX_ACCESS_TOKEN": ("pbx", "access_token"),
+    "XFERD_WEBHOOK_SECRET": ("pbx", "webhook_secret"),
+    "XFERD_API_TOKEN": ("api", "token"),
+}
+
+NonEmpty = Annotated[str, Field(min_length=1)]
+Secret = Annotated[SecretStr, Field(min_length=1)]
+# Strict floats still take TOML integers (``20``) but not strings (``"20"``).
+Seconds = Annotated[float, Field(gt=0, strict=True)]
+
+
+class ConfigError(Exception):
+    """The config file cannot be used; ``str()`` is the one-line message for the admin."""
+
+
+class _Table(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _http_url(value: str) -> str:
+    if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
+        raise ValueError("an http:// or https:// URL")
+    return value.rstrip("/")
+
+
+class YeastarPbx(_Table):
+    kind: Literal["yeastar"]
+    base_url: NonEmpty
+    client_id: NonEmpty
+    client_secret: Secret
+    verify_tls: StrictBool = True
+    ca_file: Path | None = None
+    topics: tuple[StrictInt, ...] = (30011, 30012, 30015)
+
+    _url = field_validator("base_url")(_http_url)
+
+
+class WebexPbx(_Table):
+    kind: Literal["webex"]
+    base_url: NonEmpty = "https://webexapis.com/v1"
+    access_token: Secret
+    webhook_secret: Secret
+    events: Literal["webhook", "poll"] = "webhook"
+    public_url: NonEmpty | None = None
+    poll_interval_s: Seconds = 2.0
+
+    _url = field_validator("base_url", "public_url")(_http_url)
+
+
+class ApiConfig(_Table):
+    listen: NonEmpty = "127.0.0.1:8765"
+    token: Secret | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+
+class StoreConfig(_Table):
+    path: Path = Path("xferd.sqlite3")
+
+
+class PolicyConfig(_Table):
+    on_answer: Literal["complete", "threeway", "hold"] = "complete"
+    answer_delay_s: Annotated[float, Field(ge=0, strict=True)] = 0.0
+    no_answer_timeout_s: Seconds = 20.0
+    on_transferor_hangup: Literal["complete", "abort"] = "complete"
+    fallback_numbers: tuple[NonEmpty, ...] = ()
+
+    def engine_policy(self) -> Policy:
+        return Policy(
+            on_answer=self.on_answer,
+            answer_delay_s=float(self.answer_delay_s),
+            no_answer_timeout_s=float(self.no_answer_timeout_s),
+            on_transferor_hangup=self.on_transferor_hangup,
+            fallback_numbers=self.fallback_numbers,
+        )
+
+
+class Config(_Table):
+    pbx: Annotated[YeastarPbx | WebexPbx, Field(discriminator="kind")]
+    api: ApiConfig = ApiConfig()
+    store: StoreConfig = StoreConfig()
+    policy: PolicyConfig = PolicyConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        if self.api.token is None and not is_loopback(self.api.host):
+            raise _KeyError(("api", "token"), "required when [api].listen is not a loopback address")
+        if self.pbx.kind == "webex" and self.policy.on_answer == "threeway":
+            raise _KeyError(("policy", "on_answer"), "'complete' or 'hold' (Webex has no three-way calls)")
+        return self
+
+
+class _KeyError(ValueError):
+    """A cross-field problem that belongs to one key (so the message can name it)."""
+
+    def __init__(self, loc: tuple[str, ...], expected: str) -> None:
+        super().__init__(expected)
+        self.loc = loc
+        self.expected = expected
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:8765"`` / ``"[::1]:8765"`` → (host, port)."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("host:port, e.g. 127.0.0.1:8765")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may well resolve to a public address
+
+
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Read, merge env secrets, validate.  Raises :class:`ConfigError` (one line)."""
+    environ = os.environ if environ is None else environ
+    path = Path(path)
+    prefix = f"config error in {path}"
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{prefix}: cannot read the file: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{prefix}: not valid TOML: {exc}") from None
+    for var, (table, key) in SECRET_ENV.items():
+        if environ.get(var) and isinstance(data.get(table, {}), dict):
+            data.setdefault(table, {})[key] = environ[var]
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{prefix}: {describe(exc)}") from None
+    # A relative store path means "next to the config file", whatever the cwd of the service.
+    if not config.store.path.is_absolute():
+        store = StoreConfig(path=path.parent / config.store.path)
+        config = config.model_copy(update={"store": store})
+    return config
+
+
+def describe(exc: ValidationError) -> str:
+    """The first problem of ``exc`` as ``[table].key: expected``, never quoting the input."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    loc = tuple(str(part) for part in first["loc"])
+    # A discriminated union puts the tag in the path: [pbx].yeastar.client_id → [pbx].client_id
+    if len(loc) > 1 and loc[0] == "pbx" and loc[1] in ("yeastar", "webex"):
+        loc = (loc[0], *loc[2:])
+    kind = first["type"]
+    if kind == "missing":
+        expected = "required"
+    elif kind == "extra_forbidden":
+        expected = "unknown key"
+    elif kind == "union_tag_invalid":
+        expected = "'yeastar' or 'webex'"
+        loc = (*loc, "kind")
+    elif kind == "union_tag_not_found":
+        expected = "required ('yeastar' or 'webex')"
+        loc = (*loc, "kind")
+    elif kind == "value_error":
+        ctx_error = first.get("ctx", {}).get("error")
+        if isinstance(ctx_error, _KeyError):
+            loc, expected = ctx_error.loc, ctx_error.expected
+        else:
+            expected = str(ctx_error) if ctx_error is not None else first["msg"]
+    else:
+        expected = first["msg"].replace("Input should be", "should be")
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{_where(loc)}: {expected}{more}"
+
+
+def _where(loc: tuple[str, ...]) -> str:
+    if not loc:
+        return "top level"
+    head, *rest = loc
+    return f"[{head}]" + "".join(f"[{part}]" if part.isdigit() else f".{part}" for part in rest)

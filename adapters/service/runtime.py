@@ -1,0 +1,369 @@
+"""The runtime: the asyncio shell around the pure engine.
+
+Theory of operation
+-------------------
+Every stimulus — a PBX event from the adapter's sink, an API request, the
+result of a PBX request, a timer expiry, a reconciliation snapshot — is fed
+to :meth:`Engine.handle` synchronously on the event loop's thread by
+:meth:`Runtime.feed`.  There is no queue in front of the engine and no lock:
+the loop serialises the feed, so the engine sees one ordered stream and the
+live stream publishes changes in the order they were decided.
+
+The commands that come back are executed in two passes:
+
+1. every ``TransferChanged`` is saved (resource + ``engine.export``) — the
+   write-ahead step: a decision is on disk before the PBX request that
+   follows from it can leave, so a restart resumes instead of re-deciding;
+2. the rest: ``PbxRequest`` goes to that transfer's FIFO worker (one
+   transfer's requests run in emission order; transfers run concurrently;
+   the feed never waits on the PBX), timers become ``loop.call_later``,
+   ``QueryCalls`` a background ``query_calls()``, changes go to the live
+   stream and the metrics; a final transfer is then forgotten by the engine
+   (the store keeps it).
+
+Results of requests and timer expiries come back through :meth:`feed` as
+events, like everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import deque
+from collections.abc import Coroutine, Iterable, Mapping
+from typing import Any
+
+import structlog
+
+from adapters.base import Clock, PbxAdapter
+from adapters.service.logs import get_logger
+from adapters.service.metrics import Metrics
+from adapters.service.store import StoreError, TransferStore
+from engine.engine import Engine
+from engine.model import (
+    CallChanged,
+    CancelTimer,
+    Command,
+    Event,
+    Outcome,
+    PbxRequest,
+    QueryCalls,
+    RequestFinished,
+    StartTimer,
+    TimerFired,
+    TransferChanged,
+    TransferRequested,
+)
+
+log = get_logger("xferd.runtime")
+
+
+class Subscription:
+    """One live-stream client's bounded queue of JSON messages.
+
+    ``None`` is the end marker: the client fell behind (or the service is
+    stopping) and must be disconnected; it can reconnect and read the
+    current state from the API.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(size)
+        self.overflowed = False
+
+    async def get(self) -> str | None:
+        return await self.queue.get()
+
+    def end(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
+
+class Runtime:
+    """Feeds the engine, executes its commands, publishes what changed."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        adapter: PbxAdapter,
+        store: TransferStore,
+        metrics: Metrics,
+        *,
+        clock: Clock = time.time,
+        stream_queue_size: int = 256,
+        drain_timeout_s: float = 5.0,
+    ) -> None:
+        self.engine = engine
+        self.adapter = adapter
+        self.store = store
+        self.metrics = metrics
+        self.clock = clock
+        self._stream_queue_size = stream_queue_size
+        self._drain_timeout_s = drain_timeout_s
+        self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
+        # Per-transfer FIFO of (request, perf_counter when its decisive event was fed).
+        self._queues: dict[str, deque[tuple[PbxRequest, float]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._waiters: dict[str, asyncio.Future[RequestFinished]] = {}
+        self._subscribers: set[Subscription] = set()
+        self._closing = False
+
+    # -- life cycle ------------------------------------------------------------
+    async def start(self) -> None:
+        """Restore unfinished transfers, then connect to the PBX.
+
+        Restored transfers are in the engine before the adapter's first
+        snapshot arrives, so that snapshot reconciles them with what the PBX
+        did while we were away.
+        """
+        records = self.store.load_active()
+        commands = self.engine.restore(records)
+        if records:
+            log.info("transfers_restored", count=len(records))
+        await self.adapter.start(self._sink)
+        self._execute(commands, time.perf_counter())
+
+    async def close(self) -> None:
+        """Stop deciding, let in-flight PBX requests finish (bounded), end streams, close the adapter."""
+        self._closing = True
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self._drain_timeout_s)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        for subscription in list(self._subscribers):
+            self.unsubscribe(subscription)
+            subscription.end()
+        await self.adapter.close()
+
+    # -- feeding -----------------------------------------------------------------
+    def feed(self, event: Event) -> list[Command]:
+        """Hand ``event`` to the engine and execute the resulting commands.
+
+        Raises :class:`engine.errors.Rejected` for refused API requests
+        (nothing changed then).  Synchronous: call it on the loop's thread.
+        """
+        started = time.perf_counter()
+        self.metrics.events.labels(type(event).__name__).inc()
+        commands = self.engine.handle(event)
+        if isinstance(event, TransferRequested):
+            self.metrics.transfers_started.labels(event.type).inc()
+        self._execute(commands, started)
+        return commands
+
+    def _sink(self, event: Event) -> None:
+        """Where adapters, timers and workers deliver events.  Never raises:
+        an engine bug on one event must not stop the stream."""
+        try:
+            self.feed(event)
+        except Exception:
+            self.metrics.engine_errors.inc()
+            log.exception("engine_error", event=repr(event))
+
+    async def wait_result(self, request_id: str, within_s: float) -> RequestFinished | None:
+        """The :class:`RequestFinished` of ``request_id``, or None after ``within_s`` seconds.
+
+        Call it right after :meth:`feed` returned the request (before any other
+        ``await``): the worker cannot have finished it yet, so no result is missed.
+        """
+        future = self._waiters.get(request_id)
+        if future is None:
+            future = self._waiters[request_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), within_s)
+        except TimeoutError:
+            return None
+
+    def transfer(self, transfer_id: str) -> Mapping[str, Any] | None:
+        """The resource of a live transfer (engine) or a finished one (store)."""
+        return self.engine.transfer(transfer_id) or self.store.get(transfer_id)
+
+    # -- executing commands ------------------------------------------------------
+    def _execute(self, commands: Iterable[Command], started: float) -> None:
+        commands = list(commands)
+        unsaved: dict[str, str] = {}  # transfer_id -> why its decision is not on disk
+        for command in commands:
+            if isinstance(command, TransferChanged):
+                try:
+                    export = self.engine.export(command.transfer_id)
+                    self.store.save(command.transfer_id, command.resource, export, command.final)
+                except StoreError as exc:
+                    self.metrics.store_errors.inc()
+                    unsaved[command.transfer_id] = str(exc)
+                    log.error("store_error", transfer_id=command.transfer_id, error=str(exc))
+        finished: list[str] = []
+        for command in commands:
+            if isinstance(command, PbxRequest):
+                if command.transfer_id in unsaved:
+                    self._not_sent(command, unsaved[command.transfer_id])
+                else:
+                    self._dispatch(command, started)
+            elif isinstance(command, StartTimer):
+                self._start_timer(command)
+            elif isinstance(command, CancelTimer):
+                self._cancel_timer(command.transfer_id, command.timer)
+            elif isinstance(command, QueryCalls):
+                log.info("reconcile", transfer_id=command.transfer_id, reason=command.reason)
+                self._spawn(self._query())
+            elif isinstance(command, TransferChanged):
+                self._transfer_changed(command)
+                if command.final:
+                    finished.append(command.transfer_id)
+            elif isinstance(command, CallChanged):
+                call = self.engine.call(command.call_id) or {"call_id": command.call_id, "members": []}
+                self._publish({"kind": "call", "call": call})
+        for transfer_id in finished:
+            self.engine.forget(transfer_id)
+            for key in [key for key in self._timers if key[0] == transfer_id]:
+                self._cancel_timer(*key)
+
+    def _transfer_changed(self, command: TransferChanged) -> None:
+        resource = command.resource
+        log.info(
+            "transfer_changed",
+            transfer_id=command.transfer_id,
+            state=resource.get("state"),
+            reason=resource.get("reason"),
+            target_status=(resource.get("target") or {}).get("status"),
+        )
+        if command.final:
+            self.metrics.transfers_finished.labels(
+                str(resource.get("state")), str(resource.get("reason") or "none")
+            ).inc()
+        self._publish({"kind": "transfer", "transfer": resource})
+
+    def _dispatch(self, request: PbxRequest, started: float) -> None:
+        if self._closing:
+            # Left in flight in the store: the next start reconciles it from the PBX's view.
+            log.warning(
+                "request_not_sent_shutting_down", transfer_id=request.transfer_id, action=request.action
+            )
+            return
+        log.info(
+            "decision",
+            transfer_id=request.transfer_id,
+            request_id=request.request_id,
+            action=request.action,
+            channel_id=request.channel_id,
+            number=request.number,
+        )
+        queue = self._queues.get(request.transfer_id)
+        if queue is not None:
+            queue.append((request, started))
+            return
+        self._queues[request.transfer_id] = deque([(request, started)])
+        self._spawn(self._drain(request.transfer_id))
+
+    async def _drain(self, transfer_id: str) -> None:
+        # This task's own context: the adapter's and httpx's log lines about these
+        # requests carry the transfer id too.
+        structlog.contextvars.bind_contextvars(transfer_id=transfer_id)
+        queue = self._queues[transfer_id]
+        try:
+            while queue:
+                request, started = queue.popleft()
+                self.metrics.decision_latency.observe(time.perf_counter() - started)
+                try:
+                    result = await self.adapter.execute(request)
+                except Exception as exc:  # the protocol says it never raises; if it does, we can't know
+                    log.exception("adapter_error", transfer_id=transfer_id, action=request.action)
+                    result = self._result(request, "unknown", f"adapter error: {type(exc).__name__}")
+                log.info(
+                    "request_finished",
+                    transfer_id=transfer_id,
+                    request_id=request.request_id,
+                    action=request.action,
+                    outcome=result.outcome,
+                    errcode=result.errcode,
+                    errmsg=result.errmsg,
+                )
+                self._finish(result)
+        finally:
+            del self._queues[transfer_id]
+
+    def _not_sent(self, request: PbxRequest, why: str) -> None:
+        # Sending a decision that is not on disk could repeat it after a restart:
+        # report the request as refused instead, after the current batch.
+        log.error("request_not_sent", transfer_id=request.transfer_id, action=request.action, why=why)
+        result = self._result(request, "refused", f"not sent: {why}")
+        asyncio.get_running_loop().call_soon(self._finish, result)
+
+    def _result(self, request: PbxRequest, outcome: Outcome, errmsg: str) -> RequestFinished:
+        return RequestFinished(
+            at=self.clock(),
+            transfer_id=request.transfer_id,
+            request_id=request.request_id,
+            outcome=outcome,
+            errmsg=errmsg,
+        )
+
+    def _finish(self, result: RequestFinished) -> None:
+        self._sink(result)
+        waiter = self._waiters.pop(result.request_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(result)
+
+    def _start_timer(self, command: StartTimer) -> None:
+        if self._closing:
+            return
+        key = (command.transfer_id, command.timer)
+        self._cancel_timer(*key)
+        delay = max(0.0, command.at - self.clock())
+        self._timers[key] = asyncio.get_running_loop().call_later(delay, self._fire, key, command.at)
+
+    def _cancel_timer(self, transfer_id: str, timer: str) -> None:
+        handle = self._timers.pop((transfer_id, timer), None)
+        if handle is not None:
+            handle.cancel()
+
+    def _fire(self, key: tuple[str, str], due: float) -> None:
+        self._timers.pop(key, None)
+        # The loop's monotonic clock may fire a hair before the wall clock reaches
+        # ``due``: stamp no earlier than due, so the engine sees the deadline passed.
+        self._sink(TimerFired(at=max(self.clock(), due), transfer_id=key[0], timer=key[1]))
+
+    async def _query(self) -> None:
+        try:
+            snapshot = await self.adapter.query_calls()
+        except Exception:
+            log.exception("query_calls_failed")
+            return
+        if snapshot is None:
+            log.info("query_calls_unavailable")  # the adapter's next (re)connect snapshot reconciles
+        elif not self._closing:
+            self._sink(snapshot)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- live stream ---------------------------------------------------------------
+    def subscribe(self) -> Subscription:
+        subscription = Subscription(self._stream_queue_size)
+        self._subscribers.add(subscription)
+        self.metrics.stream_clients.set(len(self._subscribers))
+        return subscription
+
+    def unsubscribe(self, subscription: Subscription) -> None:
+        self._subscribers.discard(subscription)
+        self.metrics.stream_clients.set(len(self._subscribers))
+
+    def _publish(self, message: Mapping[str, Any]) -> None:
+        if not self._subscribers:
+            return
+        text = json.dumps(message, separators=(",", ":"), default=str)
+        for subscription in list(self._subscribers):
+            try:
+                subscription.queue.put_nowait(text)
+            except asyncio.QueueFull:
+                # A slow consumer must never slow the feed: drop it.
+                self.unsubscribe(subscription)
+                subscription.overflowed = True
+                subscription.end()
+                self.metrics.stream_dropped.inc()
+                log.warning("stream_client_dropped", reason="queue full")

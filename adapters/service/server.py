@@ -1,0 +1,166 @@
+"""Assembly: config → adapter, store, engine, runtime, control API on uvicorn.
+
+``xferd run`` and ``xferd demo`` both build a :class:`Service`; the only
+difference is where the config comes from.  Start-up and shutdown order live
+here so they are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+from collections.abc import Iterator
+
+import uvicorn
+
+from adapters.base import Observer, PbxAdapter
+from adapters.service.api import create_app
+from adapters.service.config import Config
+from adapters.service.logs import get_logger, redactor
+from adapters.service.metrics import Metrics, MetricsObserver
+from adapters.service.runtime import Runtime
+from adapters.service.store import SqliteStore
+from engine.engine import Engine
+
+log = get_logger("xferd.service")
+
+REQUEST_TIMEOUT_S = 5.0
+
+
+def build_adapter(config: Config, observer: Observer) -> PbxAdapter:
+    """The platform adapter named by ``[pbx].kind`` (imported lazily: each pulls its own deps)."""
+    pbx = config.pbx
+    if pbx.kind == "yeastar":
+        from adapters.yeastar.adapter import YeastarAdapter
+
+        return YeastarAdapter(
+            pbx.base_url,
+            pbx.client_id,
+            pbx.client_secret.get_secret_value(),
+            verify_tls=pbx.verify_tls,
+            ca_file=str(pbx.ca_file) if pbx.ca_file else None,
+            topics=pbx.topics,
+            observer=observer,
+            request_timeout_s=REQUEST_TIMEOUT_S,
+        )
+    from adapters.webex.adapter import WebexAdapter
+
+    return WebexAdapter(
+        pbx.base_url,
+        access_token=pbx.access_token.get_secret_value(),
+        webhook_secret=pbx.webhook_secret.get_secret_value(),
+        events=pbx.events,
+        public_url=pbx.public_url,
+        poll_interval_s=pbx.poll_interval_s,
+        observer=observer,
+        request_timeout_s=REQUEST_TIMEOUT_S,
+    )
+
+
+def secrets_of(config: Config) -> list[str]:
+    """Every secret value in ``config`` (for the log redactor)."""
+    pbx = config.pbx
+    values = [config.api.token]
+    values += [pbx.client_secret] if pbx.kind == "yeastar" else [pbx.access_token, pbx.webhook_secret]
+    return [value.get_secret_value() for value in values if value is not None]
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the service owns SIGINT/SIGTERM
+    (uvicorn would re-raise the signal after shutdown, killing the process)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class Service:
+    """One running xferd: store, engine, runtime, adapter and control API."""
+
+    def __init__(
+        self, config: Config, *, observer: MetricsObserver | None = None, adapter: PbxAdapter | None = None
+    ) -> None:
+        """``adapter`` replaces the one ``[pbx]`` names (tests inject a fake PBX)."""
+        self.config = config
+        self.metrics = observer.metrics if observer is not None else Metrics()
+        self.observer = observer or MetricsObserver(self.metrics)
+        redactor.add(secrets_of(config))
+        self.store = SqliteStore(config.store.path)
+        self.adapter = adapter or build_adapter(config, self.observer)
+        self.runtime = Runtime(Engine(config.policy.engine_policy()), self.adapter, self.store, self.metrics)
+        token = config.api.token.get_secret_value() if config.api.token else None
+        self.app = create_app(self.runtime, token=token, request_timeout_s=REQUEST_TIMEOUT_S)
+        self._socket: socket.socket | None = None
+        self._server: _Uvicorn | None = None
+        self._serving: asyncio.Task[None] | None = None
+
+    @property
+    def port(self) -> int:
+        assert self._socket is not None, "start() first"
+        return int(self._socket.getsockname()[1])
+
+    @property
+    def base_url(self) -> str:
+        host = self.config.api.host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.port}"
+
+    async def start(self) -> None:
+        """Restore, connect to the PBX, then serve the API.
+
+        The listening socket is bound here (port 0 → a free port, known at
+        once); raises :class:`~adapters.base.FatalPbxError` or ``OSError``.
+        """
+        host, port = self.config.api.host, self.config.api.port
+        # Bind first: a port in use should fail before we log in to the PBX.
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+            sock.listen(128)  # clients queue in the backlog until uvicorn accepts
+            await self.runtime.start()
+        except BaseException:
+            sock.close()
+            raise
+        self._socket = sock
+        config = uvicorn.Config(
+            self.app,
+            log_config=None,  # our structlog handler on the root logger formats uvicorn's lines
+            lifespan="off",
+            ws="websockets-sansio",
+            timeout_graceful_shutdown=3,
+        )
+        self._server = _Uvicorn(config)
+        self._serving = asyncio.create_task(self._server.serve(sockets=[sock]))
+        log.info("service_started", listen=f"{host}:{self.port}", platform=self.adapter.platform)
+
+    async def stop(self) -> None:
+        """Stop the API (closing stream clients), finish in-flight requests, close the adapter and store."""
+        if self._server is not None and self._serving is not None:
+            self._server.should_exit = True
+            await self._serving
+        await self.runtime.close()
+        self.store.close()
+        if self._socket is not None:
+            self._socket.close()
+        log.info("service_stopped")
+
+
+async def run_until_signalled(config: Config) -> None:
+    """``xferd run``: serve until SIGINT/SIGTERM, then shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    service = Service(config)
+    try:
+        await service.start()
+    except BaseException:
+        service.store.close()
+        raise
+    try:
+        await stop.wait()
+        log.info("shutdown_requested")
+    finally:
+        await service.stop()

@@ -1,0 +1,179 @@
+"""Durable transfer state: what lets a restarted service resume without repeating a decision.
+
+The runtime saves a transfer every time the engine reports it changed, *before*
+the PBX request that follows the decision is sent (write-ahead).  If the process
+is killed right after, the restarted service restores the decision and asks the
+PBX what happened instead of deciding again.
+
+SQLite in WAL mode with ``synchronous=FULL``: every commit is fsynced, so a
+saved decision survives not only ``kill -9`` (which NORMAL would already cover)
+but also a power cut between the save and the PBX acting on the request — the
+case that would otherwise allow a second ``complete``.  An fsync per decision
+is cheap next to a PBX round trip.
+
+The interface (:class:`TransferStore`) is deliberately small so a shared store
+(several instances, one PBX) can replace this one later.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS transfers (
+    id          TEXT PRIMARY KEY,
+    state       TEXT NOT NULL,
+    final       INTEGER NOT NULL,
+    resource    TEXT NOT NULL,
+    export      TEXT NOT NULL,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS transfers_active ON transfers (final) WHERE final = 0;
+CREATE INDEX IF NOT EXISTS transfers_created ON transfers (created_at);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key          TEXT PRIMARY KEY,
+    fingerprint  TEXT NOT NULL,
+    transfer_id  TEXT NOT NULL,
+    created      REAL NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The store cannot read or write (locked, disk full, not a database…).
+
+    The message says which file and what SQLite reported; the data on disk
+    is left as it was (every write is one transaction).
+    """
+
+
+class TransferStore(Protocol):
+    """What the runtime and the control API need from a store."""
+
+    def save(
+        self, transfer_id: str, resource: Mapping[str, Any], export: Mapping[str, Any], final: bool
+    ) -> None: ...
+    def load_active(self) -> list[dict[str, Any]]: ...
+    def get(self, transfer_id: str) -> dict[str, Any] | None: ...
+    def recent(self, limit: int, state: str | None = None) -> list[dict[str, Any]]: ...
+    def idempotency_get(self, key: str) -> tuple[str, str] | None: ...
+    def idempotency_put(self, key: str, fingerprint: str, transfer_id: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    """:class:`TransferStore` on one SQLite file, used from the event loop's thread only.
+
+    Calls are synchronous on purpose: a save is part of taking a decision, and
+    the decision's PBX request must not leave before it is on disk.
+    """
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 1.0) -> None:
+        self.path = Path(path)
+        try:
+            # isolation_level=None: we open transactions ourselves, one per write.
+            self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise self._error("cannot open", exc) from None
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            with self._transaction():
+                for statement in _SCHEMA.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise self._error("cannot open", exc) from None
+
+    def save(
+        self, transfer_id: str, resource: Mapping[str, Any], export: Mapping[str, Any], final: bool
+    ) -> None:
+        row = (
+            transfer_id,
+            str(resource["state"]),
+            int(final),
+            json.dumps(resource, separators=(",", ":")),
+            json.dumps(export, separators=(",", ":")),
+            str(resource["created_at"]),
+            str(resource["updated_at"]),
+        )
+        self._write(
+            "INSERT INTO transfers (id, state, final, resource, export, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (id) DO UPDATE SET state = excluded.state, final = excluded.final,"
+            " resource = excluded.resource, export = excluded.export, updated_at = excluded.updated_at",
+            row,
+        )
+
+    def load_active(self) -> list[dict[str, Any]]:
+        """Exports of the transfers that were not final, oldest first (restore order)."""
+        rows = self._read("SELECT export FROM transfers WHERE final = 0 ORDER BY created_at, rowid")
+        return [json.loads(export) for (export,) in rows]
+
+    def get(self, transfer_id: str) -> dict[str, Any] | None:
+        rows = self._read("SELECT resource FROM transfers WHERE id = ?", (transfer_id,))
+        return json.loads(rows[0][0]) if rows else None
+
+    def recent(self, limit: int, state: str | None = None) -> list[dict[str, Any]]:
+        """Resources, newest first; ``state`` filters on the contract's state name."""
+        sql = "SELECT resource FROM transfers"
+        params: tuple[Any, ...] = ()
+        if state is not None:
+            sql += " WHERE state = ?"
+            params = (state,)
+        rows = self._read(sql + " ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit))
+        return [json.loads(resource) for (resource,) in rows]
+
+    def idempotency_get(self, key: str) -> tuple[str, str] | None:
+        """``(transfer_id, fingerprint)`` stored under ``key``, if any."""
+        rows = self._read("SELECT transfer_id, fingerprint FROM idempotency_keys WHERE key = ?", (key,))
+        return (rows[0][0], rows[0][1]) if rows else None
+
+    def idempotency_put(self, key: str, fingerprint: str, transfer_id: str) -> None:
+        self._write(
+            "INSERT OR IGNORE INTO idempotency_keys (key, fingerprint, transfer_id, created)"
+            " VALUES (?, ?, ?, ?)",
+            (key, fingerprint, transfer_id, time.time()),
+        )
+
+    def close(self) -> None:
+        """Checkpoint the WAL into the main file and close (a clean shutdown leaves one file)."""
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error:
+            pass  # best effort: the WAL is replayed on the next open anyway
+        finally:
+            self._db.close()
+
+    # -- internals -----------------------------------------------------------
+    def _transaction(self) -> sqlite3.Connection:
+        # sqlite3.Connection as a context manager commits or rolls back; with
+        # isolation_level=None we must BEGIN ourselves (IMMEDIATE: take the
+        # write lock now, so "locked" is reported before anything is written).
+        self._db.execute("BEGIN IMMEDIATE")
+        return self._db
+
+    def _write(self, sql: str, params: tuple[Any, ...]) -> None:
+        try:
+            with self._transaction():
+                self._db.execute(sql, params)
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:  # a failed COMMIT (disk full) leaves it open
+                self._db.rollback()
+            raise self._error("cannot write", exc) from None
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._db.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise self._error("cannot read", exc) from None
+
+    def _error(self, what: str, exc: sqlite3.Error) -> StoreError:
+        return StoreError(f"store {self.path}: {what}: {exc}")

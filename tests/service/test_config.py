@@ -1,0 +1,183 @@
+"""Config file (contract §2) and CLI argument errors (contract §1): one line, exit 2."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from adapters.service.config import ConfigError, load
+
+YEASTAR = """
+[pbx]
+kind = "yeastar"
+base_url = "https://192.168.5.150:8088"
+client_id = "abc"
+client_secret = "file-secret-123"
+
+[api]
+listen = "127.0.0.1:8765"
+token = "api-token-123"
+
+[store]
+path = "state.sqlite3"
+
+[policy]
+on_answer = "threeway"
+answer_delay_s = 1
+no_answer_timeout_s = 15
+on_transferor_hangup = "abort"
+fallback_numbers = ["2008", "5550100"]
+"""
+
+WEBEX = """
+[pbx]
+kind = "webex"
+access_token = "wx-access-123"
+webhook_secret = "wx-hook-123"
+events = "poll"
+poll_interval_s = 3
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "xferd.toml"
+    path.write_text(text)
+    return path
+
+
+def error_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load(write(tmp_path, text), env or {})
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"config error in {tmp_path / 'xferd.toml'}: ")
+    return message.split(": ", 1)[1]
+
+
+def test_full_yeastar_config(tmp_path: Path) -> None:
+    config = load(write(tmp_path, YEASTAR), {})
+    assert config.pbx.kind == "yeastar"
+    assert config.pbx.client_secret.get_secret_value() == "file-secret-123"
+    assert config.pbx.topics == (30011, 30012, 30015)
+    assert (config.api.host, config.api.port) == ("127.0.0.1", 8765)
+    # relative store paths are relative to the config file, not the cwd
+    assert config.store.path == tmp_path / "state.sqlite3"
+    policy = config.policy.engine_policy()
+    assert policy.on_answer == "threeway" and policy.answer_delay_s == 1.0
+    assert policy.fallback_numbers == ("2008", "5550100")
+    assert "file-secret-123" not in repr(config)
+
+
+def test_webex_defaults_and_env_secrets(tmp_path: Path) -> None:
+    env = {"XFERD_PBX_ACCESS_TOKEN": "env-access", "XFERD_API_TOKEN": "env-api"}
+    config = load(write(tmp_path, WEBEX), env)
+    assert config.pbx.kind == "webex"
+    assert config.pbx.base_url == "https://webexapis.com/v1"
+    assert config.pbx.access_token.get_secret_value() == "env-access"
+    assert config.api.token is not None and config.api.token.get_secret_value() == "env-api"
+    assert config.store.path == tmp_path / "xferd.sqlite3"
+
+
+def test_client_secret_may_come_only_from_env(tmp_path: Path) -> None:
+    text = YEASTAR.replace('client_secret = "file-secret-123"\n', "")
+    assert error_of(tmp_path, text) == "[pbx].client_secret: required"
+    config = load(write(tmp_path, text), {"XFERD_PBX_CLIENT_SECRET": "from-env"})
+    assert config.pbx.kind == "yeastar"
+    assert config.pbx.client_secret.get_secret_value() == "from-env"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        ('client_id = "abc"\n', "", "[pbx].client_id: required"),
+        ('kind = "yeastar"', 'kind = "asterisk"', "[pbx].kind: 'yeastar' or 'webex'"),
+        ("[store]", "[store]\nfsync = true", "[store].fsync: unknown key"),
+        ('on_answer = "threeway"', 'on_answer = "transfer"', "[policy].on_answer: should be "),
+        (
+            "no_answer_timeout_s = 15",
+            "no_answer_timeout_s = 0",
+            "[policy].no_answer_timeout_s: should be greater",
+        ),
+        ("no_answer_timeout_s = 15", 'no_answer_timeout_s = "15"', "[policy].no_answer_timeout_s: should be"),
+        ('"2008", ', "2008, ", "[policy].fallback_numbers[0]: should be a valid string"),
+        ("https://192.168.5.150:8088", "192.168.5.150", "[pbx].base_url: an http:// or https:// URL"),
+        ('listen = "127.0.0.1:8765"', 'listen = "localhost"', "[api].listen: host:port"),
+        (
+            'listen = "127.0.0.1:8765"\ntoken = "api-token-123"',
+            'listen = "0.0.0.0:8765"',
+            "[api].token: required when [api].listen is not a loopback address",
+        ),
+        ('client_id = "abc"', 'client_id = "abc"\ntopics = 30011', "[pbx].topics: should be a valid tuple"),
+        (
+            'client_id = "abc"',
+            'client_id = "abc"\nverify_tls = "no"',
+            "[pbx].verify_tls: should be a valid boolean",
+        ),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, old: str, new: str, expected: str) -> None:
+    assert old in YEASTAR
+    assert error_of(tmp_path, YEASTAR.replace(old, new)).startswith(expected)
+
+
+def test_webex_refuses_threeway_policy(tmp_path: Path) -> None:
+    message = error_of(tmp_path, WEBEX + '[policy]\non_answer = "threeway"\n')
+    assert message.startswith("[policy].on_answer: 'complete' or 'hold'")
+
+
+def test_errors_never_echo_a_secret(tmp_path: Path) -> None:
+    # a secret given with the wrong type must not be quoted back
+    text = YEASTAR.replace('token = "api-token-123"', "token = 12345678")
+    message = error_of(tmp_path, text)
+    assert message.startswith("[api].token:")
+    assert "12345678" not in message
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read the file"):
+        load(tmp_path / "missing.toml", {})
+    assert error_of(tmp_path, "[pbx\n").startswith("not valid TOML")
+
+
+def xferd(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "adapters.cli", *args], capture_output=True, text=True, timeout=30, cwd=cwd
+    )
+
+
+def test_cli_config_error_is_one_line_exit_2(tmp_path: Path) -> None:
+    path = write(tmp_path, YEASTAR.replace('kind = "yeastar"', 'kind = "yeastar"\nclient_secrt = "x"'))
+    done = xferd("run", "--config", str(path), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == f"xferd: config error in {path}: [pbx].client_secrt: unknown key\n"
+
+
+def test_cli_non_loopback_without_token_exit_2(tmp_path: Path) -> None:
+    text = YEASTAR.replace('listen = "127.0.0.1:8765"\ntoken = "api-token-123"', 'listen = "[::]:8765"')
+    done = xferd("run", "--config", str(write(tmp_path, text)), cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "[api].token: required" in done.stderr
+    assert "file-secret-123" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), "xferd: error: the following arguments are required: COMMAND\n"),
+        (("run",), "xferd: error: the following arguments are required: --config\n"),
+        (
+            ("simulate", "--port", "http"),
+            "xferd: error: argument --port: invalid port 'http': expected 0-65535\n",
+        ),
+        (("fly",), "xferd: error: argument COMMAND: invalid choice: 'fly'"),
+    ],
+)
+def test_cli_bad_arguments_one_line_exit_2(tmp_path: Path, args: tuple[str, ...], expected: str) -> None:
+    done = xferd(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.startswith(expected)
+    assert done.stderr.count("\n") == 1

@@ -1,0 +1,89 @@
+"""The SQLite store: round trips, durability across kill -9, clear errors when locked."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.service.store import SqliteStore, StoreError
+
+
+def resource(transfer_id: str, state: str, created: str) -> dict[str, Any]:
+    return {"id": transfer_id, "state": state, "created_at": created, "updated_at": created}
+
+
+def test_round_trip_active_recent_and_final(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    store.save("a", resource("a", "consulting", "2026-01-01T00:00:01.000Z"), {"chart": "a1"}, False)
+    store.save("b", resource("b", "idle", "2026-01-01T00:00:02.000Z"), {"chart": "b1"}, False)
+    store.save("c", resource("c", "consulting", "2026-01-01T00:00:03.000Z"), {"chart": "c1"}, False)
+    # an update replaces the row; a final transfer leaves the active set
+    store.save("a", resource("a", "swapped", "2026-01-01T00:00:01.000Z"), {"chart": "a2"}, False)
+    store.save("b", resource("b", "completed", "2026-01-01T00:00:02.000Z"), {"chart": "b2"}, True)
+
+    assert store.load_active() == [{"chart": "a2"}, {"chart": "c1"}]  # oldest first
+    assert store.get("a") == resource("a", "swapped", "2026-01-01T00:00:01.000Z")
+    assert store.get("nope") is None
+    assert [r["id"] for r in store.recent(10)] == ["c", "b", "a"]  # newest first
+    assert [r["id"] for r in store.recent(2)] == ["c", "b"]
+    assert [r["id"] for r in store.recent(10, "completed")] == ["b"]
+    store.close()
+
+    reopened = SqliteStore(tmp_path / "s.db")
+    assert reopened.load_active() == [{"chart": "a2"}, {"chart": "c1"}]
+    reopened.close()
+
+
+def test_idempotency_keys(tmp_path: Path) -> None:
+    store = SqliteStore(tmp_path / "s.db")
+    assert store.idempotency_get("k1") is None
+    store.idempotency_put("k1", "fp1", "t1")
+    store.idempotency_put("k1", "fp2", "t2")  # the first writer wins
+    assert store.idempotency_get("k1") == ("t1", "fp1")
+    store.close()
+    assert SqliteStore(tmp_path / "s.db").idempotency_get("k1") == ("t1", "fp1")
+
+
+def test_a_save_survives_kill_9(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from adapters.service.store import SqliteStore
+        store = SqliteStore({str(path)!r})
+        store.save("t1", {{"state": "consulting", "created_at": "x", "updated_at": "y"}}, {{"n": 1}}, False)
+        os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], timeout=30)
+    assert done.returncode == -9
+    store = SqliteStore(path)
+    assert store.load_active() == [{"n": 1}]
+
+
+def test_locked_database_is_a_clear_error_and_nothing_is_lost(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = SqliteStore(path, busy_timeout_s=0.05)
+    store.save("t1", resource("t1", "consulting", "a"), {"n": 1}, False)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    with pytest.raises(StoreError, match=r"s\.db: cannot write: database is locked"):
+        store.save("t1", resource("t1", "swapped", "a"), {"n": 2}, False)
+    other.execute("ROLLBACK")
+    other.close()
+    assert store.load_active() == [{"n": 1}]
+    store.save("t1", resource("t1", "swapped", "a"), {"n": 2}, False)  # usable again
+    assert store.load_active() == [{"n": 2}]
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="cannot open: file is not a database"):
+        SqliteStore(path)
