@@ -159,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
         for argument in cmd.arguments:
             child.add_argument(*argument.flags, **argument.options)
         child.set_defaults(handler=cmd.handler)
+    # Imported here: replay pulls in the recorder and runner, which `run`
+    # and `demo` do not need at start-up.
+    from adapters.replay.cli import add_commands
+
+    add_commands(sub)
     return parser
 
 

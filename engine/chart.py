@@ -66,7 +66,8 @@ target busy/rejected  note         abort→fallback  abort→fallback  —      
 target hangup         note         before answer:  same as         →aborted        —            —
                                    abort→fallback  consulting      (target_hangup)
                                    /target_hangup;
-                                   after: →aborted
+                                   after: abort→
+                                   aborted
 transferee hangup     note         abort→aborted   abort→aborted   →aborted        —            —
                                    (transferee_    (transferee_    (transferee_
                                    hangup)         hangup)         hangup)
@@ -103,8 +104,9 @@ Notes on the cells:
   the next ``fallback_numbers`` entry is dialled as a new attempt of the same
   transfer (``→idle`` then ``→consulting``), else the transfer is aborted
   with the reason.
-* A target hang-up after answering, and every hang-up in ``threeway``, needs
-  no request: the PBX has already put the remaining parties together.
+* A target hang-up after answering sends ``abort`` as a clean-up (whether
+  the PBX rebridges by itself is unconfirmed; "gone" counts as done).
+  A hang-up in ``threeway`` needs no request: the other two still talk.
 * ``on_transferor_hangup = complete`` sends ``complete`` (a refusal meaning
   "channel gone" is the PBX having merged the call itself, as Asterisk's
   "blond" transfer does); ``abort`` hangs up the target leg instead.

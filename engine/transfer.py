@@ -480,7 +480,14 @@ class Transfer:
             if self.attempt > 0 and self.attempt + 1 < len(self.numbers):
                 self._next_attempt(at, "pbx_error", from_idle=True)
             else:
-                self._finish(at, "aborted", "transferor_hangup" if self.transferor_gone else "pbx_error")
+                reason = (
+                    "transferee_hangup"
+                    if self.transferee_gone
+                    else "transferor_hangup"
+                    if self.transferor_gone
+                    else "pbx_error"
+                )
+                self._finish(at, "aborted", reason)
         elif action == "complete" and gone and reason == "transferor_hangup":
             self._finish(at, "completed", "transferor_hangup")  # the PBX merged it itself ("blond")
         elif action == "blind":
@@ -552,7 +559,10 @@ class Transfer:
                 self._request(at, "abort", ("aborted", "transferor_hangup"), "auto")
         elif target_gone:
             if self.answered:
-                self._finish(at, "aborted", "target_hangup")
+                # Whether the PBX puts transferor and transferee back
+                # together by itself is unconfirmed: abort (a "gone" answer
+                # counts as done) so the transferee is never left on hold.
+                self._request(at, "abort", ("aborted", "target_hangup"), "auto")
             else:
                 self._request(at, "abort", ("retry", self.fail_reason or "target_hangup"), "auto")
         elif self.no_answer_due and not self.answered:

@@ -138,12 +138,25 @@ def test_fallback_chain_of_three_targets() -> None:
     assert len(h.requests("complete")) == 1
 
 
-def test_target_hangs_up_after_answering_aborts_without_request() -> None:
+def test_target_hangs_up_after_answering_cleans_up_and_aborts() -> None:
     h = Harness()
     h.consulting(on_answer="hold")
     h.target("ANSWER")
-    assert not requests_in(h.target("BYE"))
+    abort = only_request(h.target("BYE"))
+    assert abort.action == "abort"
+    h.result(abort)
     assert final(h) == ("aborted", "target_hangup")
+    assert not h.requests("start")[1:], "no fallback after the target answered"
+
+
+def test_transferee_hangup_before_consultation_accepted_keeps_its_reason() -> None:
+    h = Harness()
+    h.setup_call()
+    start = h.start()
+    h.transferee("BYE")
+    h.transferor("BYE")  # the PBX drops the transferor too
+    h.result(start, "refused", errcode=60001, gone=True)
+    assert final(h) == ("aborted", "transferee_hangup")
 
 
 def test_transferee_hangs_up_cleans_up_consultation() -> None:

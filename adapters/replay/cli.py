@@ -1,0 +1,149 @@
+"""``xferd replay`` and ``xferd record`` (contract §1).
+
+:func:`add_commands` registers both on the ``xferd`` parser's subparsers;
+each sets ``handler(args) -> exit code`` like the other subcommands.
+
+Exit codes: ``replay`` 0 when every scenario passed, 1 when one failed, 2
+for bad arguments or a bad scenario file (one line, no traceback);
+``record`` 0 after SIGINT/SIGTERM, 1 when the PBX refuses us for good, 2 for
+bad arguments or a bad config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapters.replay import timeline
+from adapters.replay.format import ScenarioError, discover, read
+from adapters.replay.runner import replay
+from engine.model import CallsSnapshot, Event
+
+if TYPE_CHECKING:  # the service's modules are imported only by ``record``: replay stays light
+    from adapters.replay.recorder import Recorder
+    from adapters.service.config import Config
+
+
+def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``replay`` and ``record`` on ``xferd``'s subparsers."""
+    about = "replay recorded scenarios on a virtual clock and check their expectations"
+    parser = subparsers.add_parser("replay", help=about, description=about)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="scenario files, or folders of *.jsonl")
+    parser.add_argument("--timeline", action="store_true", help="print who did what when, per scenario")
+    parser.add_argument(
+        "--mermaid", metavar="FILE", help="write a Mermaid sequence diagram of the scenario ('-': stdout)"
+    )
+    parser.set_defaults(handler=replay_command)
+
+    about = "record the PBX's frames and answers to a scenario file (secrets redacted) until SIGINT"
+    parser = subparsers.add_parser("record", help=about, description=about)
+    parser.add_argument("--config", required=True, metavar="PATH", help="TOML config file (contract §2)")
+    parser.add_argument("--out", required=True, metavar="FILE", help="scenario file to write (.jsonl)")
+    parser.set_defaults(handler=record_command)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    sys.stderr.write(f"xferd: {message}\n")
+    return code
+
+
+def replay_command(args: argparse.Namespace) -> int:
+    try:
+        scenarios = [read(path) for path in discover(args.paths)]
+    except ScenarioError as exc:
+        return _fail(str(exc))
+    mermaid_to: str | None = args.mermaid
+    if mermaid_to not in (None, "-") and len(scenarios) != 1:
+        return _fail(f"--mermaid {mermaid_to}: give one scenario, not {len(scenarios)} (or '-' for stdout)")
+    failed = 0
+    for scenario in scenarios:
+        report = replay(scenario)
+        failed += not report.passed
+        print(report.summary())
+        for line in report.details():
+            print(line)
+        if args.timeline:
+            print(timeline.text(report.timeline), end="")
+        if mermaid_to == "-":
+            print(timeline.mermaid(report.timeline, scenario.name), end="")
+        elif mermaid_to is not None:
+            diagram = timeline.mermaid(report.timeline, scenario.name)
+            try:
+                Path(mermaid_to).write_text(diagram, encoding="utf-8")
+            except OSError as exc:
+                return _fail(f"cannot write {mermaid_to}: {exc.strerror or exc}")
+    print(f"{len(scenarios) - failed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+def record_command(args: argparse.Namespace) -> int:
+    from adapters.base import FatalPbxError
+    from adapters.replay.recorder import Recorder
+    from adapters.service import logs
+    from adapters.service.config import ConfigError, load
+    from adapters.service.server import secrets_of
+
+    try:
+        config = load(args.config)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    if config.pbx.kind != "yeastar":
+        return _fail(f"config error in {args.config}: [pbx].kind: record supports 'yeastar' only")
+    logs.redactor.add(secrets_of(config))
+    logs.configure("console", logging.WARNING)
+    out = Path(args.out)
+    try:
+        recorder = Recorder.open(
+            out,
+            name=out.stem,
+            platform=config.pbx.kind,
+            policy=config.policy.engine_policy(),
+            secrets=secrets_of(config),
+            description=f"recorded by xferd record from {config.pbx.base_url}",
+        )
+    except OSError as exc:
+        return _fail(f"cannot write {out}: {exc.strerror or exc}")
+    sys.stderr.write(f"xferd: recording {config.pbx.base_url} to {out}; Ctrl-C to stop\n")
+    try:
+        asyncio.run(_record_until_signalled(config, recorder))
+    except FatalPbxError as exc:
+        return _fail(f"PBX: {exc}", 1)
+    finally:
+        recorder.close()
+    sys.stderr.write(f"xferd: {recorder.lines} lines written to {out}\n")
+    return 0
+
+
+async def _record_until_signalled(config: Config, recorder: Recorder) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await record(config, recorder, stop)
+
+
+async def record(config: Config, recorder: Recorder, stop: asyncio.Event) -> None:
+    """Connect to the PBX of ``config`` and record until ``stop`` is set.
+
+    No engine runs: the recording holds frames, the adapter's requests (log
+    in, ``call/query``) and the reconciliation snapshots it delivered after
+    each (re)connect — the inputs a replay needs to rebuild the calls.
+    """
+    from adapters.service.server import build_adapter
+
+    adapter = build_adapter(config, recorder)
+
+    def sink(event: Event) -> None:
+        if isinstance(event, CallsSnapshot):
+            recorder.snapshot(event)
+
+    await adapter.start(sink)
+    try:
+        await stop.wait()
+    finally:
+        await adapter.close()

@@ -1,0 +1,616 @@
+"""Replay a scenario through the engine on a virtual clock and check it.
+
+Theory of operation
+-------------------
+The replay feeds the engine exactly what the live service fed it, in the
+same order, stamped with the recorded times:
+
+* ``frame`` lines go through the platform's own parser
+  (:func:`adapters.yeastar.frames.parse_frame`), so a bad frame is counted
+  and skipped just as live;
+* ``control`` lines become :class:`~engine.model.TransferRequested` /
+  :class:`~engine.model.OperatorRequested` with the recorded transfer ids;
+* ``snapshot`` lines become :class:`~engine.model.CallsSnapshot`;
+* timers the engine starts fire when virtual time reaches them, interleaved
+  with the recorded lines (a timer due at the very time of a line fires
+  first: its deadline has passed when that line is handled);
+* every :class:`~engine.model.PbxRequest` the engine makes is answered from
+  the recording.  Requests are matched by what the PBX saw — action, channel
+  and, for ``start``/``blind``, number — in order, because the PBX never sees
+  transfer ids.  The answer is fed at the time it was recorded, so it
+  interleaves with frames exactly as it did live.
+
+Nothing waits on a real clock, so an hour of recorded time replays in
+milliseconds.
+
+Where replay and recording disagree the scenario fails, and says where: a
+request the replay made that the recording does not have (answered ``ok`` so
+the replay can go on), a recorded request the replay never made, an API
+request accepted in one and rejected in the other.  Then the scenario's
+expectations are checked, and the contract's own rules for every transfer:
+at most one ``complete``, no request after a final state.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import time
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from adapters.replay.format import (
+    ControlLine,
+    FrameLine,
+    Input,
+    RequestLine,
+    RequestPattern,
+    Scenario,
+    SnapshotLine,
+)
+from adapters.yeastar.frames import DATA_NOT_FOUND, TOKEN_EXPIRED, answer_error, parse_frame
+from engine.engine import Engine
+from engine.errors import Rejected
+from engine.model import (
+    CallEnded,
+    CallFailed,
+    CallsSnapshot,
+    CallState,
+    CallUpdated,
+    CancelTimer,
+    Command,
+    Event,
+    Member,
+    OperatorRequested,
+    PbxRequest,
+    QueryCalls,
+    RequestFinished,
+    StartTimer,
+    TimerFired,
+    TransferChanged,
+    TransferRequested,
+)
+
+#: Times closer than this are the same instant (offsets are recorded to the millisecond).
+_EPSILON = 1e-6
+#: How a PBX request is recognised in a recording: (action, channel id, number).
+Key = tuple[str, str, str | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One row of a timeline: ``source`` tells ``dest`` something (``dest`` None: a note)."""
+
+    at: float
+    source: str
+    dest: str | None
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Made:
+    """A PBX request the replay made, at a virtual offset."""
+
+    at: float
+    request: PbxRequest
+
+
+@dataclass(slots=True)
+class Report:
+    """The outcome of replaying one scenario."""
+
+    name: str
+    frames: int = 0
+    bad_frames: int = 0
+    made: list[Made] = field(default_factory=list)
+    #: per transfer: (state, reason) when the replay ended
+    states: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    #: the expected-vs-actual request listing, when the requests differ
+    diff: list[str] = field(default_factory=list)
+    virtual_s: float = 0.0
+    wall_s: float = 0.0
+    timeline: list[Entry] = field(default_factory=list)
+    #: False for a raw recording without expect lines
+    expectations: bool = True
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        """``PASS name (…)`` or ``FAIL name: first difference``: one line."""
+        if self.passed:
+            unchecked = "" if self.expectations else ", no expectations"
+            return (
+                f"PASS {self.name} ({self.frames} frames, {len(self.made)} requests, "
+                f"virtual {self.virtual_s:.1f} s in {self.wall_s * 1000:.0f} ms{unchecked})"
+            )
+        more = f" (+{len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+        return f"FAIL {self.name}: {self.problems[0]}{more}"
+
+    def details(self) -> list[str]:
+        """What a failing scenario prints below its summary line."""
+        if self.passed:
+            return []
+        return [*self.diff, *(f"  - {problem}" for problem in self.problems[1:])]
+
+
+def replay(scenario: Scenario) -> Report:
+    """Run ``scenario`` and check it; never raises for what the scenario contains."""
+    return _Replay(scenario).run()
+
+
+# ----------------------------------------------------------------------------------
+# Yeastar: what a recorded request line means to the engine
+# ----------------------------------------------------------------------------------
+
+
+def request_key(request: PbxRequest) -> Key:
+    number = request.number if request.action in ("start", "blind") else None
+    return (request.action, request.channel_id, number)
+
+
+def recorded_key(line: RequestLine) -> Key | None:
+    """The engine request a recorded ``call/transfer`` / ``call/hangup`` answers (None: not one)."""
+    body = line.body
+    channel = body.get("channel_id")
+    if not isinstance(channel, str):
+        return None
+    if line.endpoint == "call/hangup":
+        return ("hangup", channel, None)
+    if line.endpoint != "call/transfer":
+        return None
+    number = body.get("number")
+    if body.get("type") == "blind":
+        return ("blind", channel, number if isinstance(number, str) else None)
+    op = body.get("attended_operate")
+    if op is None:
+        return ("start", channel, number if isinstance(number, str) else None)
+    return (str(op), channel, None)
+
+
+def finished(line: RequestLine, request: PbxRequest, at: float) -> RequestFinished:
+    """The :class:`RequestFinished` the Yeastar adapter made of this answer."""
+    ids = (at, request.transfer_id, request.request_id)
+    if line.result == "unknown":
+        return RequestFinished(*ids, "unknown", errmsg="no usable answer from the PBX")
+    if line.result == "error" or line.answer is None:
+        return RequestFinished(*ids, "refused", errmsg="the request did not reach the PBX")
+    error = answer_error(line.answer)
+    if error is None:
+        call_id = line.answer.get("call_id")
+        return RequestFinished(*ids, "ok", call_id=call_id if isinstance(call_id, str) else None)
+    gone = error.errcode == DATA_NOT_FOUND
+    return RequestFinished(*ids, "refused", errcode=error.errcode, errmsg=error.errmsg, gone=gone)
+
+
+def _answers(inputs: Sequence[Input]) -> dict[Key, deque[int]]:
+    """Recorded answers to engine requests, by key, in file order.
+
+    A 10004 answer followed by the same request is the adapter renewing its
+    token and sending again: only the second answer reached the engine.
+    """
+    transfer_lines = [
+        (index, key)
+        for index, line in enumerate(inputs)
+        if isinstance(line, RequestLine) and (key := recorded_key(line)) is not None
+    ]
+    queues: dict[Key, deque[int]] = defaultdict(deque)
+    for position, (index, key) in enumerate(transfer_lines):
+        line = inputs[index]
+        assert isinstance(line, RequestLine)
+        retried = (
+            line.answer is not None
+            and line.answer.get("errcode") == TOKEN_EXPIRED
+            and position + 1 < len(transfer_lines)
+            and transfer_lines[position + 1][1] == key
+        )
+        if not retried:
+            queues[key].append(index)
+    return queues
+
+
+# ----------------------------------------------------------------------------------
+# words for humans
+# ----------------------------------------------------------------------------------
+
+
+def describe(request: PbxRequest) -> str:
+    text = f"{request.action} {request.transfer_id}"
+    if request.number:
+        text += f" → {request.number}"
+    return f"{text} ({request.channel_id})"
+
+
+def describe_pattern(pattern: RequestPattern) -> str:
+    text = f"{pattern.action} {pattern.transfer or '*'}"
+    if pattern.number:
+        text += f" → {pattern.number}"
+    return f"{text} ({pattern.channel_id})" if pattern.channel_id else text
+
+
+def _short(request: PbxRequest) -> str:
+    text = f"{request.action} {request.transfer_id}"
+    return f"{text} → {request.number}" if request.number else text
+
+
+def matches(pattern: RequestPattern, request: PbxRequest) -> bool:
+    return (
+        pattern.action == request.action
+        and pattern.transfer in (None, request.transfer_id)
+        and pattern.number in (None, request.number)
+        and pattern.channel_id in (None, request.channel_id)
+    )
+
+
+def _members(members: Iterable[Member]) -> str:
+    return ", ".join(f"{m.number or '?'} {m.status} ({m.channel_id})" for m in members) or "no members"
+
+
+def _event_text(event: Event) -> str:
+    if isinstance(event, CallUpdated):
+        return f"30011 call {event.call_id}: {_members(event.members)}"
+    if isinstance(event, CallEnded):
+        return f"30012 call {event.call_id} ended"
+    if isinstance(event, CallFailed):
+        return f"30015 call {event.call_id} failed: {event.reason or 'no reason'}"
+    return type(event).__name__
+
+
+_FRAME_KINDS = {
+    "heartbeat": "heartbeat response",
+    "ack": "topic_list acknowledged",
+    "token_expired": "errcode 10004: token expired",
+}
+
+
+# ----------------------------------------------------------------------------------
+# the replay
+# ----------------------------------------------------------------------------------
+
+
+class _Replay:
+    def __init__(self, scenario: Scenario) -> None:
+        self.scenario = scenario
+        self.start = scenario.meta.start
+        self.engine = Engine(scenario.meta.engine_policy())
+        self.report = Report(scenario.name)
+        self.now = self.start  # the virtual clock: never goes back
+        self.at = self.start  # the time stamped on the event being handled
+        self.index = -1
+        self.answers = _answers(scenario.inputs)
+        self.bound: dict[int, PbxRequest] = {}  # recorded answer line → the request it answers
+        self.timers: dict[tuple[str, str], float] = {}
+        self.heap: list[tuple[float, int, str, str]] = []
+        self.seq = itertools.count()
+        self.soon: deque[Event] = deque()  # answers due at once, fed after the current batch
+        self.history: dict[str, int] = {}  # history entries already shown, per transfer
+        self.final: set[str] = set()
+        self.divergences: list[str] = []
+        self.invariants: list[str] = []
+
+    # -- driving -----------------------------------------------------------------
+    def run(self) -> Report:
+        started = time.perf_counter()
+        inputs = self.scenario.inputs
+        for index, line in enumerate(inputs):
+            self.index = index
+            at = self.start + line.at
+            self._fire_until(at)
+            self.now = max(self.now, at)
+            if isinstance(line, FrameLine):
+                self._frame(line, at)
+            elif isinstance(line, ControlLine):
+                self._control(line, at)
+            elif isinstance(line, SnapshotLine):
+                self._snapshot(line, at)
+            else:
+                self._request_line(index, line, at)
+        end = self.scenario.end if self.scenario.end is not None else (inputs[-1].at if inputs else 0.0)
+        self._fire_until(self.start + end)
+        for queue in self.answers.values():
+            for index in queue:
+                line = inputs[index]
+                assert isinstance(line, RequestLine)
+                self.divergences.append(
+                    f"+{line.at:.3f} s: the recording has {_recorded_text(line)}, which the replay never made"
+                )
+        report = self.report
+        report.virtual_s = end
+        report.wall_s = time.perf_counter() - started
+        self._check()
+        return report
+
+    def _frame(self, line: FrameLine, at: float) -> None:
+        raw = line.raw()
+        parsed = parse_frame(raw, at)
+        self.report.frames += 1
+        if parsed.kind == "bad":
+            self.report.bad_frames += 1
+            self._note(at, "PBX", "xferd", f"bad frame skipped ({parsed.bad}): {raw[:60]}")
+            return
+        if not parsed.events:
+            text = _FRAME_KINDS.get(parsed.kind)
+            if text is None:
+                text = f"errcode {parsed.errcode}" if parsed.kind == "error" else f"{parsed.kind} (ignored)"
+            self._note(at, "PBX", "xferd", text)
+            return
+        for event in parsed.events:
+            skipped = f" [a member skipped: {parsed.bad}]" if parsed.bad else ""
+            self._note(at, "PBX", "xferd", _event_text(event) + skipped)
+            self._feed(event)
+
+    def _control(self, line: ControlLine, at: float) -> None:
+        event: TransferRequested | OperatorRequested
+        if line.body is not None:
+            body = line.body
+            event = TransferRequested(
+                at=at,
+                transfer_id=line.transfer,
+                number=body.number,
+                type=body.type,
+                channel_id=body.channel_id,
+                extension=body.extension,
+                dial_permission=body.dial_permission,
+                policy=body.policy,
+            )
+            party = body.channel_id or f"extension {body.extension}"
+            text = f"start {line.transfer}: {party} → {body.number} ({body.type})"
+        else:
+            assert line.op != "start"
+            event = OperatorRequested(at=at, transfer_id=line.transfer, op=line.op)
+            text = f"{line.op} {line.transfer}"
+        self.at = at
+        try:
+            commands = self.engine.handle(event)
+        except Rejected as exc:
+            self._note(at, "client", "xferd", f"{text} → rejected: {exc.code}")
+            rejected: str | None = exc.code
+        except Exception as exc:  # an engine bug: report it and go on, as the runtime does
+            self.invariants.append(f"+{line.at:.3f} s: the engine raised {type(exc).__name__}: {exc}")
+            return
+        else:
+            self._note(at, "client", "xferd", text)
+            rejected = None
+            self._apply(commands)
+            self._drain()
+        if rejected != line.rejected:
+            said = f"rejected ({line.rejected})" if line.rejected else "accepted"
+            did = f"rejected it ({rejected})" if rejected else "accepted it"
+            self._diverged(f"{line.op} {line.transfer} was {said} in the recording; the replay {did}")
+
+    def _snapshot(self, line: SnapshotLine, at: float) -> None:
+        calls = tuple(
+            CallState(
+                call.call_id,
+                tuple(Member(m.kind, m.number, m.channel_id, m.status) for m in call.members),
+            )
+            for call in line.calls
+        )
+        legs = sum(len(call.members) for call in calls)
+        self._note(at, "PBX", "xferd", f"call/query snapshot: {len(calls)} calls, {legs} legs")
+        self._feed(CallsSnapshot(at, calls))
+
+    def _request_line(self, index: int, line: RequestLine, at: float) -> None:
+        request = self.bound.pop(index, None)
+        if request is not None:
+            self._answer(line, request, at)
+            self._drain()
+        elif recorded_key(line) is None:
+            self._note(at, "xferd", "PBX", _recorded_text(line))
+        # else: an answer no request has claimed yet; a later request may claim it
+
+    def _answer(self, line: RequestLine, request: PbxRequest, at: float) -> None:
+        result = finished(line, request, at)
+        detail = f" (call_id {result.call_id})" if result.call_id else ""
+        if result.outcome == "refused":
+            code = f" errcode {result.errcode}:" if result.errcode else ""
+            detail = f":{code} {result.errmsg}"
+        self._note(at, "PBX", "xferd", f"{result.outcome} for {_short(request)}{detail}")
+        self.soon.append(result)
+
+    # -- the engine ---------------------------------------------------------------
+    def _feed(self, event: Event) -> None:
+        self.soon.append(event)
+        self._drain()
+
+    def _drain(self) -> None:
+        while self.soon:
+            event = self.soon.popleft()
+            self.at = event.at
+            try:
+                commands = self.engine.handle(event)
+            except Exception as exc:  # an engine bug: report it, go on as the runtime does
+                self.invariants.append(
+                    f"+{self._offset(event.at):.3f} s: the engine raised {type(exc).__name__}: {exc}"
+                )
+                continue
+            self._apply(commands)
+
+    def _apply(self, commands: list[Command]) -> None:
+        finished_now: list[str] = []
+        for command in commands:
+            if isinstance(command, PbxRequest):
+                self._made(command)
+            elif isinstance(command, StartTimer):
+                self.timers[(command.transfer_id, command.timer)] = command.at
+                heapq.heappush(self.heap, (command.at, next(self.seq), command.transfer_id, command.timer))
+            elif isinstance(command, CancelTimer):
+                self.timers.pop((command.transfer_id, command.timer), None)
+            elif isinstance(command, QueryCalls):
+                self._note(self.at, "xferd", None, f"{command.transfer_id}: reconcile ({command.reason})")
+            elif isinstance(command, TransferChanged):
+                self._changed(command)
+                if command.final:
+                    finished_now.append(command.transfer_id)
+        for transfer_id in finished_now:
+            # As the runtime does: a final transfer leaves the engine, its timers are dropped.
+            self.engine.forget(transfer_id)
+            for key in [key for key in self.timers if key[0] == transfer_id]:
+                del self.timers[key]
+
+    def _made(self, request: PbxRequest) -> None:
+        at = self.at
+        self.report.made.append(Made(self._offset(at), request))
+        self._note(at, "xferd", "PBX", describe(request))
+        if request.transfer_id in self.final:
+            self.invariants.append(
+                f"+{self._offset(at):.3f} s: {_short(request)} was made after the transfer had ended"
+            )
+        queue = self.answers.get(request_key(request))
+        if not queue:
+            self._diverged(f"the replay made {describe(request)}, which the recording does not have")
+            self.soon.append(RequestFinished(self.now, request.transfer_id, request.request_id, "ok"))
+            return
+        index = queue.popleft()
+        if index < self.index:  # its answer was recorded before the replay asked: answer now
+            line = self.scenario.inputs[index]
+            assert isinstance(line, RequestLine)
+            self._answer(line, request, self.now)
+        else:
+            self.bound[index] = request
+
+    def _changed(self, command: TransferChanged) -> None:
+        resource = command.resource
+        transfer_id = command.transfer_id
+        history = resource.get("history") or []
+        for entry in history[self.history.get(transfer_id, 0) :]:
+            change = f"{entry['from']} → {entry['to']} ({entry['trigger']})"
+            self._note(self.at, "xferd", None, f"{transfer_id}: {change}")
+        self.history[transfer_id] = len(history)
+        self.report.states[transfer_id] = (str(resource.get("state")), resource.get("reason"))
+        if command.final:
+            self.final.add(transfer_id)
+
+    def _fire_until(self, at: float) -> None:
+        while self.heap and self.heap[0][0] <= at + _EPSILON:
+            due, _, transfer_id, tag = heapq.heappop(self.heap)
+            if self.timers.get((transfer_id, tag)) != due:
+                continue  # cancelled or restarted
+            del self.timers[(transfer_id, tag)]
+            self.now = max(self.now, due)
+            self._note(due, "xferd", None, f"{transfer_id}: {tag.split('#', 1)[0]} timer fired")
+            self._feed(TimerFired(due, transfer_id, tag))
+
+    # -- bookkeeping ------------------------------------------------------------------
+    def _offset(self, at: float) -> float:
+        return round(at - self.start, 6)  # epoch + offset carries float noise; microseconds are plenty
+
+    def _note(self, at: float, source: str, dest: str | None, text: str) -> None:
+        self.report.timeline.append(Entry(self._offset(at), source, dest, text))
+
+    def _diverged(self, text: str) -> None:
+        self.divergences.append(f"+{self._offset(self.at):.3f} s: {text}")
+        self._note(self.at, "xferd", None, f"DIVERGENCE: {text}")
+
+    # -- checking -------------------------------------------------------------------
+    def _check(self) -> None:
+        report = self.report
+        scenario = self.scenario
+        made = [m.request for m in report.made]
+        problems: list[str] = []
+        # A raw recording (no expect line yet) is checked for consistency with itself only.
+        report.expectations = bool(scenario.expected or scenario.finals or scenario.never)
+        first, message = _first_difference(scenario.expected, made)
+        if message is not None and report.expectations:
+            problems.append(message)
+            report.diff = _listing(scenario.expected, made, first)
+        for final in scenario.finals:
+            actual = report.states.get(final.transfer)
+            wanted = _state_text(final.state, final.reason)
+            if actual is None:
+                problems.append(f"{final.transfer}: expected {wanted}, but the replay has no such transfer")
+            elif actual != (final.state, final.reason):
+                problems.append(f"{final.transfer}: expected {wanted}, got {_state_text(*actual)}")
+        for pattern, most in scenario.never:
+            count = sum(1 for request in made if matches(pattern, request))
+            if count > most:
+                problems.append(
+                    f"never {describe_pattern(pattern)}: made {count} times, at most {most} allowed"
+                )
+        completes = Counter(r.transfer_id for r in made if r.action == "complete")
+        for transfer_id, count in sorted(completes.items()):
+            if count > 1:
+                self.invariants.append(f"{transfer_id}: {count} complete requests (the contract allows one)")
+        report.problems = problems + self.invariants + self.divergences
+
+
+def _recorded_text(line: RequestLine) -> str:
+    key = recorded_key(line)
+    if key is not None:
+        action, channel, number = key
+        what = f"{action} → {number}" if number else action
+        return f"{what} ({channel}) answered {line.result}"
+    params = " ".join(f"{k}={v}" for k, v in line.body.items() if isinstance(v, str | int))
+    return f"{line.endpoint}{' ' + params if params else ''} → {line.result}"
+
+
+def _state_text(state: str, reason: str | None) -> str:
+    return f"{state} ({reason})" if reason else state
+
+
+def _assign(patterns: Sequence[RequestPattern], requests: Sequence[PbxRequest]) -> bool:
+    """Can every pattern be matched to a distinct request (any order)?  Bipartite matching."""
+    if len(patterns) != len(requests):
+        return False
+    owner: dict[int, int] = {}  # request index → pattern index
+
+    def place(p: int, seen: set[int]) -> bool:
+        for r, request in enumerate(requests):
+            if r not in seen and matches(patterns[p], request):
+                seen.add(r)
+                if r not in owner or place(owner[r], seen):
+                    owner[r] = p
+                    return True
+        return False
+
+    return all(place(p, set()) for p in range(len(patterns)))
+
+
+def _first_difference(
+    steps: Sequence[Sequence[RequestPattern]], made: Sequence[PbxRequest]
+) -> tuple[int, str | None]:
+    """Position and sentence of the first difference between expected steps and made requests."""
+    position = 0
+    for step in steps:
+        chunk = made[position : position + len(step)]
+        if len(step) == 1:
+            if not chunk:
+                return position, (
+                    f"request {position + 1}: expected {describe_pattern(step[0])}, "
+                    "but the replay made no more requests"
+                )
+            if not matches(step[0], chunk[0]):
+                return position, (
+                    f"request {position + 1}: expected {describe_pattern(step[0])}, got {describe(chunk[0])}"
+                )
+        elif not _assign(step, chunk):
+            wanted = ", ".join(describe_pattern(p) for p in step)
+            got = ", ".join(describe(r) for r in chunk) or "nothing"
+            return position, (
+                f"requests {position + 1}-{position + len(step)}: expected {{{wanted}}} in any order, "
+                f"got {{{got}}}"
+            )
+        position += len(step)
+    if position < len(made):
+        extra = describe(made[position])
+        return position, f"request {position + 1}: unexpected {extra} (no more were expected)"
+    return -1, None
+
+
+def _listing(steps: Sequence[Sequence[RequestPattern]], made: Sequence[PbxRequest], first: int) -> list[str]:
+    """Expected and actual requests side by side, the first difference marked ``>``."""
+    expected: list[str] = []
+    for step in steps:
+        for pattern in step:
+            expected.append(describe_pattern(pattern) + (" (any order)" if len(step) > 1 else ""))
+    width = max([len("expected"), *(len(text) for text in expected)])
+    rows = [f"{'':8}{'expected':<{width}}  actual"]
+    for i in range(max(len(expected), len(made))):
+        mark = ">" if i == first else " "
+        want = expected[i] if i < len(expected) else "-"
+        got = describe(made[i]) if i < len(made) else "-"
+        rows.append(f"  {mark} {i + 1:>2}  {want:<{width}}  {got}")
+    return rows
