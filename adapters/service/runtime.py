@@ -58,6 +58,10 @@ from engine.model import (
 
 log = get_logger("xferd.runtime")
 
+#: Back-off between failed reconciliation queries (seconds).
+QUERY_RETRY_FIRST_S = 0.5
+QUERY_RETRY_MAX_S = 10.0
+
 
 class Subscription:
     """One live-stream client's bounded queue of JSON messages.
@@ -327,15 +331,25 @@ class Runtime:
         self._sink(TimerFired(at=max(self.clock(), due), transfer_id=key[0], timer=key[1]))
 
     async def _query(self) -> None:
-        try:
-            snapshot = await self.adapter.query_calls()
-        except Exception:
-            log.exception("query_calls_failed")
-            return
-        if snapshot is None:
-            log.info("query_calls_unavailable")  # the adapter's next (re)connect snapshot reconciles
-        elif not self._closing:
-            self._sink(snapshot)
+        """Fetch a reconciliation snapshot; retry with backoff until it comes.
+
+        A transfer whose request outcome is unknown waits for this snapshot,
+        so one failed ``call/query`` must not strand it; the adapter's own
+        (re)connect snapshot also settles it, whichever comes first.
+        """
+        delay = QUERY_RETRY_FIRST_S
+        while not self._closing:
+            try:
+                snapshot = await self.adapter.query_calls()
+            except Exception:
+                log.exception("query_calls_failed")
+                snapshot = None
+            if snapshot is not None:
+                self._sink(snapshot)
+                return
+            log.info("query_calls_unavailable", retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, QUERY_RETRY_MAX_S)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)

@@ -16,7 +16,7 @@ from adapters.service.metrics import Metrics
 from adapters.service.runtime import Runtime
 from adapters.service.store import SqliteStore, StoreError
 from engine.engine import Engine
-from engine.model import Command, Event, PbxRequest, Policy, TransferRequested
+from engine.model import CallsSnapshot, Command, Event, PbxRequest, Policy, TransferRequested
 from tests.service.conftest import FakeAdapter, answered_call, until
 
 
@@ -160,8 +160,14 @@ async def test_restart_restores_and_reconciles(tmp_path: Path) -> None:
     resource = runtime2.engine.transfer("t1")
     assert resource is not None and resource["state"] == "idle"
     # the in-flight start is not resent: the runtime asks the PBX what happened instead
-    await until(lambda: adapter2.queries == 1)
+    await until(lambda: adapter2.queries >= 1)
     assert adapter2.executed == []
+    # call/query keeps failing for a while: the runtime retries until the PBX answers
+    await until(lambda: adapter2.queries >= 2, within_s=3.0)
+    adapter2.snapshot = CallsSnapshot(time.time(), ())  # every call has vanished meanwhile
+    await until(lambda: (runtime2.transfer("t1") or {}).get("state") == "aborted", within_s=5.0)
+    assert (runtime2.transfer("t1") or {}).get("reason") == "lost"
+    assert adapter2.executed == [], "reconciled from the PBX's view, nothing re-sent"
     await runtime2.close()
     store2.close()
 
