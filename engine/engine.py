@@ -291,6 +291,10 @@ class Engine:
             or channel in self._by_channel
         ):
             return False
+        if change.kind == "extension" and change.number == (transfer.transferor_number or ""):
+            # The transferor's own side of the consultation under a new channel
+            # (Webex reports the user's leg of every call): never the target.
+            return False
         start = transfer.start_call_id
         if start and start != transfer.original_call_id and change.call_id == start:
             return True

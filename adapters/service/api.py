@@ -26,8 +26,10 @@ from starlette.websockets import WebSocketDisconnect
 from adapters.service.logs import get_logger
 from adapters.service.runtime import Runtime
 from adapters.service.store import StoreError
+from adapters.webex.events import REMOTE_SUFFIX
+from engine.engine import numbers_match
 from engine.errors import Rejected
-from engine.model import OPS, Command, OperatorRequested, PbxRequest, TransferRequested
+from engine.model import OPS, TALKING_STATUSES, Command, OperatorRequested, PbxRequest, TransferRequested
 
 log = get_logger("xferd.api")
 
@@ -85,8 +87,19 @@ class WebhookReceiver(Protocol):
     async def handle_webhook(self, body: bytes, signature: str | None) -> int: ...
 
 
-def create_app(runtime: Runtime, *, token: str | None, request_timeout_s: float = 5.0) -> FastAPI:
-    """The control API for ``runtime``.  ``token`` None disables auth (loopback only, see config)."""
+def create_app(
+    runtime: Runtime,
+    *,
+    token: str | None,
+    request_timeout_s: float = 5.0,
+    webex_user_number: str | None = None,
+) -> FastAPI:
+    """The control API for ``runtime``.  ``token`` None disables auth (loopback only, see config).
+
+    ``webex_user_number`` (Webex only, optional): the number of the user the
+    access token belongs to; when set, an ``extension`` naming anyone else is
+    refused instead of silently meaning the token owner's call.
+    """
     adapter = runtime.adapter
     platform = adapter.platform
     # The adapter answers within its own request timeout; wait a little longer than that.
@@ -184,6 +197,56 @@ def create_app(runtime: Runtime, *, token: str | None, request_timeout_s: float 
             raise ApiError(500, "internal_error", f"transfer {transfer_id} vanished")
         return JSONResponse(dict(resource), status)
 
+    def webex_party(body: TransferCreate) -> str:
+        """The engine channel a Webex request names (contract §3.1).
+
+        Webex reports one user's calls, so the engine's legs are that user's
+        (``callId``, kind ``extension``) and each call's remote party
+        (``callId/remote``), see :mod:`adapters.webex.events`.  ``channel_id``
+        is the callId of the user's call; ``extension`` means "the user's
+        single connected call" — resolved here because Webex never tells us the
+        user's own number, so the engine's by-number lookup cannot.  For an
+        attended transfer the party is the user's leg (the transferor); for a
+        blind one the remote party (the member moved), as on Yeastar.
+        """
+        if body.channel_id is not None:
+            call_id = body.channel_id.removesuffix(REMOTE_SUFFIX)
+        else:
+            call_id = webex_connected_call(body.extension or "")
+        for active in runtime.engine.transfers(active_only=True):
+            if ((active.get("target") or {}).get("channel_id") or "") == call_id + REMOTE_SUFFIX:
+                raise ApiError(
+                    409,
+                    "transfer_in_progress",
+                    f"call {call_id} is the consultation of active transfer {active['id']}; "
+                    "operate that transfer instead",
+                )
+        return call_id + REMOTE_SUFFIX if body.type == "blind" else call_id
+
+    def webex_connected_call(extension: str) -> str:
+        if webex_user_number and not numbers_match(extension, webex_user_number):
+            raise ApiError(
+                409,
+                "no_active_call",
+                f"extension {extension} is not the Webex user this service acts for "
+                f"({webex_user_number}, [pbx].user_number)",
+            )
+        legs = [
+            leg
+            for leg in runtime.engine.registry.legs.values()
+            if leg.kind == "extension" and leg.status in TALKING_STATUSES
+        ]
+        if not legs:
+            raise ApiError(409, "no_active_call", "the Webex user has no connected call the service tracks")
+        if len(legs) > 1:
+            calls = ", ".join(sorted(leg.channel_id for leg in legs))
+            raise ApiError(
+                409,
+                "ambiguous",
+                f"the Webex user has {len(legs)} connected calls ({calls}); name the call by channel_id",
+            )
+        return legs[0].channel_id
+
     # -- routes -----------------------------------------------------------------
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
@@ -216,14 +279,17 @@ def create_app(runtime: Runtime, *, token: str | None, request_timeout_s: float 
             if seen is not None:
                 return replay(idempotency_key, fingerprint, *seen)
         require_pbx()
+        channel_id, extension = body.channel_id, body.extension
+        if platform == "webex":
+            channel_id, extension = webex_party(body), None
         transfer_id = uuid.uuid4().hex
         event = TransferRequested(
             at=runtime.clock(),
             transfer_id=transfer_id,
             number=body.number,
             type=body.type,
-            channel_id=body.channel_id,
-            extension=body.extension,
+            channel_id=channel_id,
+            extension=extension,
             dial_permission=body.dial_permission,
             policy=body.policy.model_dump(exclude_none=True) if body.policy else None,
         )

@@ -78,8 +78,20 @@ class WebexPbx(_Table):
     events: Literal["webhook", "poll"] = "webhook"
     public_url: NonEmpty | None = None
     poll_interval_s: Seconds = 2.0
+    # Optional: Webex call objects never carry the user's own number, so without it the
+    # user's legs show number "" (extension requests still resolve: see the API).
+    user_number: NonEmpty | None = None
 
     _url = field_validator("base_url", "public_url")(_http_url)
+
+    @field_validator("poll_interval_s")
+    @classmethod
+    def _within_rate_limits(cls, value: float) -> float:
+        # Webex publishes no call-control rate limit (a 429 stretches the interval
+        # anyway); the floor only keeps a typo such as 0.001 from hammering the API.
+        if value < 0.1:
+            raise ValueError("at least 0.1 seconds (Webex rate-limits the API)")
+        return value
 
 
 class ApiConfig(_Table):

@@ -54,6 +54,7 @@ def build_adapter(config: Config, observer: Observer) -> PbxAdapter:
         events=pbx.events,
         public_url=pbx.public_url,
         poll_interval_s=pbx.poll_interval_s,
+        user_number=pbx.user_number,
         observer=observer,
         request_timeout_s=REQUEST_TIMEOUT_S,
     )
@@ -91,7 +92,10 @@ class Service:
         self.adapter = adapter or build_adapter(config, self.observer)
         self.runtime = Runtime(Engine(config.policy.engine_policy()), self.adapter, self.store, self.metrics)
         token = config.api.token.get_secret_value() if config.api.token else None
-        self.app = create_app(self.runtime, token=token, request_timeout_s=REQUEST_TIMEOUT_S)
+        user_number = config.pbx.user_number if config.pbx.kind == "webex" else None
+        self.app = create_app(
+            self.runtime, token=token, request_timeout_s=REQUEST_TIMEOUT_S, webex_user_number=user_number
+        )
         self._socket: socket.socket | None = None
         self._server: _Uvicorn | None = None
         self._serving: asyncio.Task[None] | None = None

@@ -26,7 +26,10 @@ result, so complete/abort/swap do not depend on the engine passing
 
 Results: 2xx → ``ok``; 4xx → ``refused`` with ``errcode`` = HTTP status and
 ``errmsg`` = Webex's message (404 also ``gone``: the call no longer
-exists); 429/423 are retried after ``Retry-After`` within a bounded budget
+exists — and since we evidently missed its end, the live calls are fetched
+first and every tracked call no longer listed is ended, so the engine
+reconciles at once instead of waiting for a delivery that may never come);
+429/423 are retried after ``Retry-After`` within a bounded budget
 first; timeout after sending or 5xx → ``unknown``; a request that never
 left → ``refused`` without errcode.  A 401 also takes the link down with
 detail ``token expired or invalid``.
@@ -57,7 +60,7 @@ import structlog
 
 from adapters.base import Clock, EventSink, FatalPbxError, Observer
 from adapters.webex.client import WebexClient, WebexError
-from adapters.webex.events import WebexCall, call_ended, call_id_of, call_members, parse_calls, parse_delivery
+from adapters.webex.events import WebexCall, call_ended, call_id_of, engine_legs, parse_calls, parse_delivery
 from engine.model import (
     CallsSnapshot,
     CallState,
@@ -299,9 +302,12 @@ class WebexAdapter:
     # -- polling ---------------------------------------------------------
 
     async def _poll_loop(self) -> None:
+        # start() has just fetched the calls: the first poll is one interval away,
+        # not immediate (two GETs back to back would halve the interval).
+        delay = self._poll_interval_s if self._synced else 0.0
         while True:
-            delay = await self._poll_once()
             await asyncio.sleep(delay)
+            delay = await self._poll_once()
 
     async def _poll_once(self) -> float:
         """One poll; returns the seconds to wait before the next.  A
@@ -351,10 +357,10 @@ class WebexAdapter:
     def _snapshot(self, calls: list[WebexCall], at: float) -> CallsSnapshot:
         states = []
         for call in calls:
-            members = call_members(call, self._user_number)
+            members = engine_legs(call, self._user_number)
             if members is None:
                 self._observer.bad_frame("unknown_state", call.state)
-            else:
+            elif members:  # () = nothing dialled yet: not a call the engine can see
                 states.append(CallState(call_id=call.call_id, members=members))
         return CallsSnapshot(at=at, calls=tuple(states))
 
@@ -430,7 +436,7 @@ class WebexAdapter:
         if call.state == "disconnected":
             self._end(call.call_id, at, outgoing=call.outgoing, answered=answered)
             return None
-        members = call_members(call, self._user_number)
+        members = engine_legs(call, self._user_number)
         if members is None:
             return "unknown_state"
         if tracked is not None and tracked.members == members:
@@ -440,7 +446,10 @@ class WebexAdapter:
             tracked.event_seconds = seconds if seconds is not None else last
             return "duplicate" if duplicate else None
         self._tracked[call.call_id] = _Tracked(members, call.state, call.outgoing, answered, seconds)
-        self._emit(CallUpdated(at=at, call_id=call.call_id, members=members, full=True))
+        if members or tracked is not None:
+            # A call with no legs yet (click-to-dial ringing the user) is tracked — its end
+            # still tells a failed consultation — but shown to the engine only once dialled.
+            self._emit(CallUpdated(at=at, call_id=call.call_id, members=members, full=True))
         return None
 
     def _end(self, call_id: str, at: float, *, outgoing: bool, answered: bool) -> None:
@@ -475,11 +484,38 @@ class WebexAdapter:
         try:
             call_id = await handlers[request.action](request)
         except WebexError as error:
+            if error.status == 404:
+                await self._reconcile_ended()
             outcome: Outcome = "unknown" if error.kind == "unknown" else "refused"
             return self._finished(
                 request, outcome, errcode=error.status, errmsg=error.message, gone=error.status == 404
             )
         return self._finished(request, "ok", call_id=call_id)
+
+    async def _reconcile_ended(self) -> None:
+        """Webex says a call we act on is gone, so we missed its end (a lost
+        delivery, or a poll not due yet): ask for the live calls and end the
+        tracked ones that are no longer there, so the engine hears of it now.
+
+        Only endings are taken from the answer: a listed call's state carries
+        no ``eventTimestamp`` and may be older than a delivery applied while
+        the GET was in flight.  Likewise only calls tracked *before* the GET
+        left may be ended — a call created meanwhile is simply not listed yet.
+        Best effort: if Webex cannot be asked, the next poll or snapshot will.
+        """
+        before = set(self._tracked)
+        try:
+            payload = await self._request("GET", CALLS, retry_throttled=False)
+        except WebexError as error:
+            log.info("webex_reconcile_skipped", error=error.message, status=error.status)
+            return
+        listed = {call.call_id for call in self._parse_calls(payload)}
+        at = self._clock()
+        for call_id in sorted(before - listed):
+            tracked = self._tracked.get(call_id)
+            if tracked is not None:  # a delivery may have ended it while we waited
+                log.info("webex_call_vanished", call_id=call_id)
+                self._end(call_id, at, outgoing=tracked.outgoing, answered=tracked.answered)
 
     def _finished(
         self,

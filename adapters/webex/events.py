@@ -18,6 +18,17 @@ kind         ``extension``                 ``inbound`` (the user was called,
 number       the user's number (config)    ``remoteParty.number``
 ===========  ============================  ==============================
 
+The engine receives the legs of :func:`engine_legs`: the same members, but
+the remote party's leg *first*, and none at all while a click-to-dial call
+still rings only the user's own device.  The engine recognises a
+consultation's target as the first new leg of the call the start request
+returned (or, before that answer, as the new leg carrying the dialled
+number); listed user-first — or user-only while the user's device rings —
+the user's own leg of the consult call would be taken for the target, so
+``target.channel_id`` would name the user's call instead of the target's leg
+(and which one it named would depend on whether the delivery or the dial's
+answer came first).
+
 Why ``callId`` and not ``callSessionId`` as the engine's call id: the start
 request returns the consult call's ``callId`` and the engine correlates the
 target's leg by that id; a session id would add nothing for one user's calls.
@@ -164,6 +175,20 @@ def call_members(call: WebexCall, user_number: str) -> tuple[Member, ...] | None
         status=remote_status,
     )
     return (user, remote)
+
+
+def engine_legs(call: WebexCall, user_number: str) -> tuple[Member, ...] | None:
+    """The legs the engine is given for a live call: :func:`call_members`
+    remote party first, ``()`` while nothing is dialled yet (click-to-dial
+    ringing the user), None for a state we do not map.  Why: see the module
+    docstring — the engine takes the first new leg of a consult call for
+    the target."""
+    members = call_members(call, user_number)
+    if members is None:
+        return None
+    if len(members) < 2:
+        return ()
+    return tuple(reversed(members))
 
 
 def call_ended(at: float, call_id: str, *, failed: bool) -> list[Event]:

@@ -288,6 +288,16 @@ def test_target_leg_correlated_in_every_variant(variant: str) -> None:
     )
 
 
+def test_transferors_own_new_leg_in_consult_call_is_not_the_target() -> None:
+    h = Harness()
+    h.setup_call()
+    h.result(h.start(), call_id=CONSULT)
+    h.leg(CONSULT, "extension", "2005", "PJSIP/2005-000000c0", "ALERT")  # the transferor's side, new channel
+    assert h.resource()["target"]["channel_id"] is None
+    h.target("RING")
+    assert h.resource()["target"]["channel_id"] == TARGET
+
+
 def test_unrelated_leg_with_other_number_is_not_taken_for_target() -> None:
     h = Harness()
     h.setup_call()

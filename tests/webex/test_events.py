@@ -14,6 +14,7 @@ from adapters.webex.events import (
     call_ended,
     call_id_of,
     call_members,
+    engine_legs,
     parse_calls,
     parse_delivery,
     remote_channel,
@@ -160,3 +161,12 @@ def test_parse_calls_skips_unreadable_items() -> None:
     assert [c.call_id for c in calls] == ["A"]
     assert skipped == 2
     assert parse_calls(None) == ([], 1)
+
+
+def test_engine_gets_the_remote_leg_first_and_nothing_before_dialling() -> None:
+    """The engine takes the first new leg of a consult call for the target."""
+    members = call_members(make_call("connecting", "clickToDial"), USER)
+    assert members is not None
+    assert engine_legs(make_call("connecting", "clickToDial"), USER) == (members[1], members[0])
+    assert engine_legs(make_call("alerting", "clickToDial"), USER) == ()
+    assert engine_legs(make_call("parked", "clickToDial"), USER) is None

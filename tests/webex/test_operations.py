@@ -14,7 +14,7 @@ from adapters.base import FatalPbxError
 from adapters.webex import WEBHOOK_PATH, WebexAdapter, WebexSimulator
 from adapters.webex.adapter import NO_THREEWAY, TOKEN_REFUSED
 from engine.model import Action, CallsSnapshot, CallUpdated, PbxRequest
-from tests.webex.conftest import MakeAdapter, RecordingObserver, Sink, WebhookReceiver
+from tests.webex.conftest import MakeAdapter, RecordingObserver, Sink, WebhookReceiver, statuses
 
 CUSTOMER = "+15550002000"  # the transferee
 AGENT = "+15550003000"  # the target
@@ -62,7 +62,7 @@ async def test_start_snapshots_calls_and_registers_the_webhook(
     assert adapter.connected and adapter.platform == "webex" and "threeway" not in adapter.capabilities
     snapshot = sink.events[0]
     assert isinstance(snapshot, CallsSnapshot)
-    assert [(c.call_id, tuple(m.status for m in c.members)) for c in snapshot.calls] == [(existing, INCOMING)]
+    assert [(c.call_id, statuses(c.members)) for c in snapshot.calls] == [(existing, INCOMING)]
     [hook] = sim.webhooks.values()
     assert hook["targetUrl"] == receiver.public_url + WEBHOOK_PATH
     assert (hook["resource"], hook["event"], hook["secret"]) == ("telephony_calls", "all", sim.webhook_secret)
@@ -117,9 +117,10 @@ async def test_consult_then_complete_sends_one_attended_transfer(
     assert sink.last(original) == HELD
     assert sink.history(consult_id) == [RINGING, ANSWERED]
     update = next(e for e in sink.events if isinstance(e, CallUpdated) and e.call_id == consult_id)
+    # The target's leg first: the engine takes the first new leg of the consult call for the target.
     assert [(m.kind, m.number, m.channel_id) for m in update.members] == [
-        ("extension", "+15550001000", consult_id),
         ("outbound", AGENT, consult_id + "/remote"),
+        ("extension", "+15550001000", consult_id),
     ]
 
     # The engine need not pass the consult call: the adapter kept it from the start.

@@ -10,7 +10,7 @@ import pytest
 from adapters.webex import WebexSimulator
 from adapters.webex.adapter import TOKEN_REFUSED
 from engine.model import Action, CallsSnapshot, PbxRequest
-from tests.webex.conftest import MakeAdapter, RecordingObserver, Sink
+from tests.webex.conftest import MakeAdapter, RecordingObserver, Sink, statuses
 
 CUSTOMER = "+15550002000"
 AGENT = "+15550003000"
@@ -110,5 +110,5 @@ async def test_lost_poll_is_reconciled_by_a_snapshot(
     assert observer.reconnects == 1
     snapshot = sink.events[-1]
     assert isinstance(snapshot, CallsSnapshot)
-    assert [(c.call_id, tuple(m.status for m in c.members)) for c in snapshot.calls] == [(call_id, INCOMING)]
+    assert [(c.call_id, statuses(c.members)) for c in snapshot.calls] == [(call_id, INCOMING)]
     assert [connected for connected, _ in observer.links] == [True, False, True]

@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from adapters.webex import WebexAdapter, WebexSimulator
-from engine.model import PbxRequest
+from engine.model import CallUpdated, PbxRequest
 from tests.webex.conftest import MakeAdapter, RecordingObserver, Sink, WebhookReceiver
 
 SECRET = "sim-webhook-secret"
@@ -187,3 +187,27 @@ async def test_reordered_deliveries_over_http_never_go_backwards(
     assert first_states == ["connected", "alerting", "disconnected"]  # the simulator did reorder
     assert sink.history(call_id) == [("ANSWER", "ANSWERED"), ("ENDED",)]
     assert observer.bad_reasons() == ["stale"]
+
+
+async def test_click_to_dial_ringing_the_user_is_shown_only_once_dialled(
+    make_adapter: MakeAdapter, sink: Sink
+) -> None:
+    """The engine takes the first new leg of a consult call for the target, so
+    the user's own leg must not appear alone while click-to-dial rings the
+    user's device; once dialled, the target's leg is listed first.  A call
+    that ends before it was dialled is still a failed attempt."""
+    adapter = await bare_adapter(make_adapter)
+    for body in (delivery("C1", "alerting", 1), delivery("C2", "alerting", 1)):
+        assert await adapter.handle_webhook(body, sign(body)) == 204
+    assert sink.history("C1") == sink.history("C2") == []
+    dialled = delivery("C1", "connecting", 2)
+    assert await adapter.handle_webhook(dialled, sign(dialled)) == 204
+    update = sink.events[-1]
+    assert isinstance(update, CallUpdated)
+    assert [(m.kind, m.channel_id, m.status) for m in update.members] == [
+        ("outbound", "C1/remote", "RING"),
+        ("extension", "C1", "ALERT"),
+    ]
+    dropped = delivery("C2", "disconnected", 2)
+    assert await adapter.handle_webhook(dropped, sign(dropped)) == 204
+    assert sink.history("C2") == [("FAILED",), ("ENDED",)]
