@@ -117,6 +117,12 @@ class StoreConfig(_Table):
     path: Path = Path("xferd.sqlite3")
 
 
+class RecordConfig(_Table):
+    """``[record] path = "incident.jsonl"``: record this run as a replayable scenario."""
+
+    path: Path | None = None
+
+
 class PolicyConfig(_Table):
     on_answer: Literal["complete", "threeway", "hold"] = "complete"
     answer_delay_s: Annotated[float, Field(ge=0, strict=True)] = 0.0
@@ -139,9 +145,14 @@ class Config(_Table):
     api: ApiConfig = ApiConfig()
     store: StoreConfig = StoreConfig()
     policy: PolicyConfig = PolicyConfig()
+    record: RecordConfig = RecordConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        if self.record.path is not None and self.pbx.kind != "yeastar":
+            raise _KeyError(
+                ("record", "path"), 'only with [pbx] kind = "yeastar" (Webex runs cannot be replayed yet)'
+            )
         if self.api.token is None and not is_loopback(self.api.host):
             raise _KeyError(("api", "token"), "required when [api].listen is not a loopback address")
         if self.pbx.kind == "webex" and self.policy.on_answer == "threeway":
@@ -193,10 +204,11 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
         config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{prefix}: {describe(exc)}") from None
-    # A relative store path means "next to the config file", whatever the cwd of the service.
+    # Relative paths mean "next to the config file", whatever the cwd of the service.
     if not config.store.path.is_absolute():
-        store = StoreConfig(path=path.parent / config.store.path)
-        config = config.model_copy(update={"store": store})
+        config = config.model_copy(update={"store": StoreConfig(path=path.parent / config.store.path)})
+    if config.record.path is not None and not config.record.path.is_absolute():
+        config = config.model_copy(update={"record": RecordConfig(path=path.parent / config.record.path)})
     return config
 
 

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 import uvicorn
 
 from adapters.base import Observer, PbxAdapter
+from adapters.replay.recorder import Recorder, RecordingRuntime, Tee
 from adapters.service.api import create_app
 from adapters.service.config import Config
 from adapters.service.logs import get_logger, redactor
@@ -89,8 +90,25 @@ class Service:
         self.observer = observer or MetricsObserver(self.metrics)
         redactor.add(secrets_of(config))
         self.store = SqliteStore(config.store.path)
-        self.adapter = adapter or build_adapter(config, self.observer)
-        self.runtime = Runtime(Engine(config.policy.engine_policy()), self.adapter, self.store, self.metrics)
+        engine = Engine(config.policy.engine_policy())
+        self.recorder: Recorder | None = None
+        if config.record.path is not None:
+            # Record this run as a scenario: frames and PBX requests through the
+            # adapter's observer, API requests and snapshots through the runtime.
+            self.recorder = Recorder.open(
+                config.record.path,
+                name=config.record.path.stem,
+                platform="yeastar",
+                policy=config.policy.engine_policy(),
+                secrets=secrets_of(config),
+            )
+            self.adapter = adapter or build_adapter(config, Tee(self.observer, self.recorder))
+            self.runtime: Runtime = RecordingRuntime(
+                engine, self.adapter, self.store, self.metrics, recorder=self.recorder
+            )
+        else:
+            self.adapter = adapter or build_adapter(config, self.observer)
+            self.runtime = Runtime(engine, self.adapter, self.store, self.metrics)
         token = config.api.token.get_secret_value() if config.api.token else None
         user_number = config.pbx.user_number if config.pbx.kind == "webex" else None
         self.app = create_app(
@@ -145,6 +163,8 @@ class Service:
             self._server.should_exit = True
             await self._serving
         await self.runtime.close()
+        if self.recorder is not None:
+            self.recorder.close()
         self.store.close()
         if self._socket is not None:
             self._socket.close()
