@@ -340,10 +340,14 @@ class Engine:
         vanished = {c.channel_id for c in changes if c.status == "BYE"}
         for transfer in [t for t in self._transfers.values() if not t.final]:
             channels = transfer.channels()
+            pending = transfer.pending
             if (
                 channels
                 and not channels & alive.keys()
-                and (channels & vanished or transfer.pending is not None)
+                and (channels & vanished or pending is not None)
+                # A complete (or blind) whose outcome is unknown: all legs gone is what success looks
+                # like where the PBX reports only the user's calls (Webex); reconcile decides.
+                and not (pending is not None and pending.unknown and pending.action in ("complete", "blind"))
             ):
                 transfer.lost(at)
                 touched[transfer.id] = transfer

@@ -179,7 +179,9 @@ class RequestFinished:
     have acted).  ``call_id`` is the call id the PBX returned, if any.
     ``gone`` is true when the refusal means the call/channel no longer exists
     (Yeastar 60001, Webex 404): the adapter knows its PBX's codes, the engine
-    does not.
+    does not.  ``sent`` is false when the request never left (the runtime
+    could not make the decision durable first): it did not happen, and may be
+    decided again.
     """
 
     at: float
@@ -190,6 +192,7 @@ class RequestFinished:
     errcode: int | None = None
     errmsg: str = ""
     gone: bool = False
+    sent: bool = True
 
 
 @dataclass(frozen=True, slots=True)

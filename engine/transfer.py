@@ -32,6 +32,10 @@ from engine.model import (
 
 TargetStatus = str  # "dialing" | "ringing" | "answered" | "held" | "gone"
 
+#: After a decision of ours could not be sent (the runtime could not make it
+#: durable), decide again this many seconds later.
+UNSENT_RETRY_S = 1.0
+
 
 def iso(at: float) -> str:
     """Event time → the contract's ISO-8601 UTC form with milliseconds."""
@@ -122,6 +126,8 @@ class Transfer:
         self.transferor_gone = False
         self.transferee_gone = False
         self.complete_sent = False
+        self.abort_resent = False  # bounds the re-sent abort of reconcile() to one
+        self.unsent_start = False  # a fallback start that never left, to retry
         self.reason: str | None = None
         self.pending: Pending | None = None
         self.timers: dict[str, float] = {}  # armed timer tag → deadline
@@ -266,10 +272,20 @@ class Transfer:
         self._decide(at)
 
     def timer(self, at: float, tag: str) -> None:
-        if self.timers.pop(tag, None) is None or self.cell("timeout") == "ignore":
-            return  # stale: that timer is no longer armed (or there is nothing to time)
-        self._touch(at)
+        if self.timers.pop(tag, None) is None:
+            return  # stale: that timer is no longer armed
         kind = tag.split("#", 1)[0]
+        if kind == "retry":
+            self._retry_unsent(at)
+            return
+        if self.cell("timeout") == "ignore":
+            if kind == "answer_delay" and self.state == "idle":
+                # The target answered before the PBX accepted the start: keep the fact;
+                # the decision follows once the start is accepted.
+                self._touch(at)
+                self.answer_due = True
+            return  # nothing to time in this state
+        self._touch(at)
         if kind == "no_answer" and not self.answered and self.target_status != "gone":
             self.no_answer_due = True
         elif kind == "answer_delay":
@@ -306,6 +322,9 @@ class Transfer:
             return  # stale or duplicate
         at = event.at
         self._touch(at)
+        if not event.sent:
+            self._unsent(at, pending, event.errmsg)
+            return
         if event.outcome == "unknown":
             pending.unknown = True
             self.out.append(QueryCalls(self.id, f"outcome of {pending.action} unknown"))
@@ -333,12 +352,29 @@ class Transfer:
         done: bool
         if action == "start":
             done = target_candidate is not None
+            if not done:
+                # The start may have half happened (Webex: the hold did, the
+                # dial's answer was lost): abort as a clean-up — "nothing to
+                # abort" counts as done — then fall back or end as a refusal.
+                more = self.attempt > 0 and self.attempt + 1 < len(self.numbers)
+                self._request(at, "abort", ("retry" if more else "aborted", "pbx_error"), "auto")
+                return
         elif action == "complete" or action == "blind":
             done = self.transferor_channel not in alive
         elif action == "abort":
-            if self.target_channel in alive:
-                # The consultation may still ring: hang the target leg up
-                # rather than blindly re-sending the abort.
+            target_alive = self.target_channel in alive
+            held = alive.get(self.transferee_channel or "") == "HOLD"
+            if (target_alive or held) and not self.abort_resent:
+                # The PBX's view shows the abort did not (fully) happen: the
+                # consultation still rings, or the transferee is still held
+                # (Webex: the resume of the two-step abort failed).  An abort
+                # is safe to repeat on both platforms ("already gone" counts
+                # as done): send it once more — not blindly, but once.
+                self.abort_resent = True
+                self._request(at, "abort", pending.then, "auto")
+                return
+            if target_alive:
+                # Still ringing after a second abort: hang the target leg up.
                 self._request(at, "hangup", pending.then, "auto", channel_id=self.target_channel)
                 return
             done = True
@@ -502,11 +538,39 @@ class Transfer:
             self._request(at, "abort", ("aborted", "pbx_error"), "auto")
         # operator ops: nothing changes; the caller is told (502)
 
+    def _unsent(self, at: float, pending: Pending, why: str) -> None:
+        """The request never left: as if it had not been decided.
+
+        An operator is told (and may ask again); a decision of our own is
+        taken again after :data:`UNSENT_RETRY_S`, from the facts as they are
+        then — not in a tight loop while the store is failing.  The first
+        start of a transfer that could not even be recorded ends it.
+        """
+        self.pending = None
+        self.last_error = {"errcode": None, "errmsg": why, "action": pending.action}
+        if pending.action == "complete":
+            self.complete_sent = False
+        if pending.then[1] == "policy":
+            self.auto_done = False
+        if pending.action == "start" and self.attempt == 0:
+            self._finish(at, "aborted", "pbx_error")
+        elif pending.by == "auto":
+            self.unsent_start = pending.action == "start"
+            self._arm("retry", at + UNSENT_RETRY_S)
+
+    def _retry_unsent(self, at: float) -> None:
+        if self.final or self.pending is not None:
+            return
+        self._touch(at)
+        if self.state == "idle" and self.unsent_start:
+            self._request(at, "start", ("consulting", "fallback"), "auto", number=self.number)
+        self._decide(at)
+
     def _next_attempt(self, at: float, reason: str, *, from_idle: bool = False) -> None:
         if self.attempt + 1 >= len(self.numbers):
             self._finish(at, "aborted", reason)
             return
-        if not from_idle:
+        if not from_idle and self.state != "idle":
             self._send("retry", at, reason)
         self.attempt += 1
         self.attempt_started_at = at
@@ -599,6 +663,8 @@ class Transfer:
         "transferor_gone",
         "transferee_gone",
         "complete_sent",
+        "abort_resent",
+        "unsent_start",
         "reason",
         "seq",
         "last_error",
@@ -646,7 +712,7 @@ class Transfer:
             history=[dict(h) for h in data["history"]],
         )
         for name in cls._FACTS:
-            value = data[name]
+            value = data.get(name, getattr(transfer, name))  # facts added later keep defaults
             setattr(transfer, name, dict(value) if isinstance(value, dict) else value)
         pending = data.get("pending")
         if pending:

@@ -185,6 +185,14 @@ def create_app(
                     f"reconciling with the PBX's view of the calls: GET /v1/transfers/{transfer_id} "
                     "shows the outcome",
                 )
+            if not result.sent:
+                raise ApiError(
+                    503,
+                    "store_unavailable",
+                    f"the {request.action} request was not sent: the service could not record the "
+                    f"decision first ({result.errmsg.removeprefix('not sent: ')}); nothing happened "
+                    "on the PBX, try again once the store is writable",
+                )
             if result.outcome == "refused":
                 raise ApiError(
                     502,

@@ -112,6 +112,7 @@ class Runtime:
         self._waiters: dict[str, asyncio.Future[RequestFinished]] = {}
         self._subscribers: set[Subscription] = set()
         self._closing = False
+        self._unsaved: set[str] = set()  # transfers whose latest state is not on disk
 
     # -- life cycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -199,6 +200,9 @@ class Runtime:
                     self.metrics.store_errors.inc()
                     unsaved[command.transfer_id] = str(exc)
                     log.error("store_error", transfer_id=command.transfer_id, error=str(exc))
+                    self._flush_later(command.transfer_id)
+                else:
+                    self._unsaved.discard(command.transfer_id)
         finished: list[str] = []
         for command in commands:
             if isinstance(command, PbxRequest):
@@ -221,6 +225,8 @@ class Runtime:
                 call = self.engine.call(command.call_id) or {"call_id": command.call_id, "members": []}
                 self._publish({"kind": "call", "call": call})
         for transfer_id in finished:
+            if transfer_id in self._unsaved:
+                continue  # kept until the store has it: the flusher forgets it then
             self.engine.forget(transfer_id)
             for key in [key for key in self._timers if key[0] == transfer_id]:
                 self._cancel_timer(*key)
@@ -293,16 +299,19 @@ class Runtime:
         # Sending a decision that is not on disk could repeat it after a restart:
         # report the request as refused instead, after the current batch.
         log.error("request_not_sent", transfer_id=request.transfer_id, action=request.action, why=why)
-        result = self._result(request, "refused", f"not sent: {why}")
+        result = self._result(request, "refused", f"not sent: {why}", sent=False)
         asyncio.get_running_loop().call_soon(self._finish, result)
 
-    def _result(self, request: PbxRequest, outcome: Outcome, errmsg: str) -> RequestFinished:
+    def _result(
+        self, request: PbxRequest, outcome: Outcome, errmsg: str, *, sent: bool = True
+    ) -> RequestFinished:
         return RequestFinished(
             at=self.clock(),
             transfer_id=request.transfer_id,
             request_id=request.request_id,
             outcome=outcome,
             errmsg=errmsg,
+            sent=sent,
         )
 
     def _finish(self, result: RequestFinished) -> None:
@@ -329,6 +338,33 @@ class Runtime:
         # The loop's monotonic clock may fire a hair before the wall clock reaches
         # ``due``: stamp no earlier than due, so the engine sees the deadline passed.
         self._sink(TimerFired(at=max(self.clock(), due), transfer_id=key[0], timer=key[1]))
+
+    def _flush_later(self, transfer_id: str) -> None:
+        """Retry saving ``transfer_id`` until the store takes it (a locked or full
+        database must not leave a stale record behind, nor a final transfer
+        forgotten before it is on disk)."""
+        if transfer_id not in self._unsaved:
+            self._unsaved.add(transfer_id)
+            self._spawn(self._flush(transfer_id))
+
+    async def _flush(self, transfer_id: str) -> None:
+        delay = QUERY_RETRY_FIRST_S
+        while transfer_id in self._unsaved and not self._closing:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, QUERY_RETRY_MAX_S)
+            transfer = self.engine.get(transfer_id)
+            if transfer is None:
+                self._unsaved.discard(transfer_id)
+                return
+            try:
+                self.store.save(transfer_id, transfer.resource(), transfer.export(), transfer.final)
+            except StoreError as exc:
+                log.warning("store_retry_failed", transfer_id=transfer_id, error=str(exc))
+                continue
+            self._unsaved.discard(transfer_id)
+            log.info("store_recovered", transfer_id=transfer_id)
+            if transfer.final:
+                self.engine.forget(transfer_id)
 
     async def _query(self) -> None:
         """Fetch a reconciliation snapshot; retry with backoff until it comes.

@@ -14,6 +14,7 @@ from engine import (
     Member,
     PbxRequest,
     Rejected,
+    RequestFinished,
     StartTimer,
     TransferRequested,
 )
@@ -429,3 +430,59 @@ def test_registry_forgets_ended_calls() -> None:
     h.ended(CALL)
     h.ended(CONSULT)
     assert h.engine.registry.calls == {} and h.engine.registry.legs == {}
+
+
+# -- a decision the runtime could not make durable never left -----------------
+
+
+def test_unsent_operator_complete_may_be_asked_again() -> None:
+    h = Harness()
+    h.consulting(on_answer="hold")
+    h.target("ANSWER")
+    complete = only_request(h.op("complete"))
+    h.feed(
+        RequestFinished(h.now, "t1", complete.request_id, "refused", errmsg="not sent: locked", sent=False)
+    )
+    assert h.state() == "consulting" and "complete" in h.engine.get("t1").allowed_ops()  # type: ignore[union-attr]
+    assert only_request(h.op("complete")).action == "complete"
+
+
+def test_unsent_policy_complete_is_decided_again_after_a_pause() -> None:
+    h = Harness()
+    h.consulting()
+    complete = only_request(h.target("ANSWER"))
+    out = h.feed(RequestFinished(h.now, "t1", complete.request_id, "refused", errmsg="not sent", sent=False))
+    assert not requests_in(out), "no tight loop while the store fails"
+    again = only_request(h.fire("retry"))
+    assert again.action == "complete"
+    h.result(again)
+    assert final(h) == ("completed", "policy")
+
+
+def test_unsent_first_start_ends_the_transfer() -> None:
+    h = Harness()
+    h.setup_call()
+    start = h.start()
+    h.feed(RequestFinished(h.now, "t1", start.request_id, "refused", errmsg="not sent", sent=False))
+    assert final(h) == ("aborted", "pbx_error")
+
+
+def test_unknown_start_not_seen_by_the_pbx_is_cleaned_up_then_refused() -> None:
+    h = Harness()
+    h.setup_call()
+    start = h.start()
+    assert queries_in(h.result(start, "unknown"))
+    cleanup = only_request(
+        h.snapshot(
+            (
+                CALL,
+                (
+                    member("inbound", "94424722", TRANSFEREE, "HOLD"),
+                    member("extension", "2005", TRANSFEROR, "ANSWER"),
+                ),
+            )
+        )
+    )
+    assert cleanup.action == "abort", "the start may have half happened: give the held caller back"
+    h.result(cleanup, "refused", errcode=60001, gone=True)
+    assert final(h) == ("aborted", "pbx_error")
