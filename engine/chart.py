@@ -113,6 +113,11 @@ Notes on the cells:
 * In ``threeway`` the PBX's attended transfer is over (Asterisk ends it
   there), so ``complete`` means "the transferor leaves" and ``abort`` "the
   target leaves": each is a hang-up of that leg.
+* An unknown outcome is settled from the PBX's view: a ``complete`` that
+  did not happen is never re-sent — the consultation is aborted
+  (``pbx_error``) so the caller is given back; an ``abort`` that did not
+  happen is sent once more; a ``start`` that did not happen is cleaned up
+  with an ``abort`` and counts as a refusal.
 * Result cells move the chart only for the request in flight; results for
   anything else are stale and ignored.
 """

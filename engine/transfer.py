@@ -361,6 +361,12 @@ class Transfer:
                 return
         elif action == "complete" or action == "blind":
             done = self.transferor_channel not in alive
+            if not done and action == "complete":
+                # The one complete this transfer may send did not happen, and is
+                # never sent twice: give the caller back rather than leave the
+                # consultation waiting for an operator who was told "unknown".
+                self._request(at, "abort", ("aborted", "pbx_error"), "auto")
+                return
         elif action == "abort":
             target_alive = self.target_channel in alive
             held = alive.get(self.transferee_channel or "") == "HOLD"

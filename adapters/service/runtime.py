@@ -335,9 +335,29 @@ class Runtime:
 
     def _fire(self, key: tuple[str, str], due: float) -> None:
         self._timers.pop(key, None)
+        if not self.adapter.connected:
+            # Events are not flowing: the facts the timer would decide on may be
+            # stale (the target may have answered meanwhile).  Ask the PBX first.
+            self._spawn(self._fire_reconciled(key, due))
+            return
+        self._deliver_timer(key, due)
+
+    def _deliver_timer(self, key: tuple[str, str], due: float) -> None:
         # The loop's monotonic clock may fire a hair before the wall clock reaches
         # ``due``: stamp no earlier than due, so the engine sees the deadline passed.
         self._sink(TimerFired(at=max(self.clock(), due), transfer_id=key[0], timer=key[1]))
+
+    async def _fire_reconciled(self, key: tuple[str, str], due: float) -> None:
+        try:
+            snapshot = await self.adapter.query_calls()
+        except Exception:
+            log.exception("query_calls_failed")
+            snapshot = None
+        if self._closing:
+            return
+        if snapshot is not None:
+            self._sink(snapshot)
+        self._deliver_timer(key, due)
 
     def _flush_later(self, transfer_id: str) -> None:
         """Retry saving ``transfer_id`` until the store takes it (a locked or full

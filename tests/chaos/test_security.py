@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+import structlog
 
 from adapters.service import api as api_module
 from adapters.service import logs
@@ -143,6 +144,18 @@ async def test_webhook_signatures_are_enforced_by_the_control_api(tmp_path: Path
         await world.stop()
 
 
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """This test reconfigures logging at DEBUG; later tests must not inherit that."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("restore_logging")
 async def test_no_secret_in_any_log_line_or_recording(tmp_path: Path) -> None:
     watch = LogWatch(keep=True)
     logs.configure("json", logging.DEBUG, stream=watch)  # type: ignore[arg-type]

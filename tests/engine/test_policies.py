@@ -486,3 +486,26 @@ def test_unknown_start_not_seen_by_the_pbx_is_cleaned_up_then_refused() -> None:
     assert cleanup.action == "abort", "the start may have half happened: give the held caller back"
     h.result(cleanup, "refused", errcode=60001, gone=True)
     assert final(h) == ("aborted", "pbx_error")
+
+
+def test_unknown_complete_that_did_not_happen_gives_the_caller_back() -> None:
+    h = Harness()
+    h.consulting(on_answer="hold")
+    h.target("ANSWER")
+    complete = only_request(h.op("complete"))
+    assert queries_in(h.result(complete, "unknown"))
+    everyone = (
+        (
+            CALL,
+            (
+                member("inbound", "94424722", TRANSFEREE, "HOLD"),
+                member("extension", "2005", TRANSFEROR, "ANSWER"),
+            ),
+        ),
+        (CONSULT, (member("outbound", TARGET_NUMBER, TARGET, "ANSWER"),)),
+    )
+    abort = only_request(h.snapshot(*everyone))
+    assert abort.action == "abort", "never a second complete: abort instead"
+    h.result(abort)
+    assert final(h) == ("aborted", "pbx_error")
+    assert len(h.requests("complete")) == 1

@@ -16,7 +16,16 @@ from adapters.service.metrics import Metrics
 from adapters.service.runtime import Runtime
 from adapters.service.store import SqliteStore, StoreError
 from engine.engine import Engine
-from engine.model import CallsSnapshot, Command, Event, PbxRequest, Policy, TransferRequested
+from engine.model import (
+    CallsSnapshot,
+    CallState,
+    Command,
+    Event,
+    Member,
+    PbxRequest,
+    Policy,
+    TransferRequested,
+)
 from tests.service.conftest import FakeAdapter, answered_call, until
 
 
@@ -195,3 +204,41 @@ async def test_close_ends_streams_and_closes_adapter(world: tuple[Runtime, FakeA
     await runtime.close()
     assert adapter.closed
     assert await subscription.get() is None
+
+
+async def test_timer_while_pbx_link_is_down_reconciles_before_deciding(
+    world: tuple[Runtime, FakeAdapter, Any],
+) -> None:
+    """The target answered while events were not flowing: the no-answer timer
+    must not abort on stale facts — the PBX's view comes first."""
+    runtime, adapter, _ = world
+    answered_call(adapter)
+    runtime.feed(request())
+    await until(lambda: (runtime.transfer("t1") or {}).get("state") == "consulting")
+    adapter.call("consult-1", ("extension", "2005", "PJSIP/2005-t", "RING"))
+    adapter.is_connected = False  # the websocket dropped; the target answers meanwhile
+    resource = runtime.transfer("t1") or {}
+    assert resource["target"]["status"] == "ringing"
+    legs = [leg for call in runtime.engine.calls() for leg in call["members"]]  # type: ignore[union-attr]
+    adapter.snapshot = CallsSnapshot(
+        time.time(),
+        tuple(
+            CallState(
+                str(call["call_id"]),
+                tuple(
+                    Member(
+                        m["kind"],
+                        m["number"],
+                        m["channel_id"],
+                        "ANSWER" if m["channel_id"] == "PJSIP/2005-t" else m["status"],
+                    )
+                    for m in call["members"]  # type: ignore[union-attr]
+                ),
+            )
+            for call in runtime.engine.calls()
+        ),
+    )
+    assert legs
+    await until(lambda: adapter.queries >= 1, within_s=2.0)
+    await until(lambda: (runtime.transfer("t1") or {}).get("state") == "completed", within_s=2.0)
+    assert [r.action for r in adapter.executed] == ["start", "complete"], "no abort on stale facts"
