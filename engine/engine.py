@@ -44,6 +44,13 @@ from engine.transfer import Transfer
 _NON_DIGITS = re.compile(r"[^0-9]")
 
 
+def _tail(number: str) -> str:
+    """The key under which :func:`numbers_match` candidates are filed: two
+    matching numbers always share their last four digits (or are equal)."""
+    digits = _NON_DIGITS.sub("", number)
+    return digits[-4:] if digits else number
+
+
 def numbers_match(reported: str, wanted: str) -> bool:
     """Whether a leg's number is the dialled target.
 
@@ -78,6 +85,11 @@ class Engine:
         self._by_channel: dict[str, str] = {}  # channel → active transfer id
         self._indexed: dict[str, set[str]] = {}  # transfer id → channels indexed for it
         self._awaiting: dict[str, Transfer] = {}  # transfers with no target leg yet
+        # Index of those by what can correlate a new leg with them (the start's
+        # call id, the dialled number's last digits): a new leg is checked
+        # against a few candidates, not every waiting transfer.
+        self._awaiting_by: dict[str, set[str]] = {}
+        self._awaiting_keys: dict[str, tuple[str, ...]] = {}
 
     # ------------------------------------------------------------------
     # the one entry point
@@ -261,7 +273,7 @@ class Engine:
                 self._apply(at, transfer, change)
                 touched[transfer.id] = transfer
             elif self._awaiting and (change.old_status is None or change.moved):
-                for transfer in list(self._awaiting.values()):
+                for transfer in self._candidates(f"call:{change.call_id}", f"tail:{_tail(change.number)}"):
                     if self._is_target(transfer, change):
                         transfer.target_channel = change.channel_id
                         self._reindex(transfer)
@@ -312,8 +324,12 @@ class Engine:
             for leg in list(registry.calls.get(call_id or "", {}).values()):
                 if self._claim(at, transfer, leg, strong=True):
                     return
-        for leg in list(registry.legs.values()):
-            if leg.since >= transfer.attempt_started_at and self._claim(at, transfer, leg, strong=False):
+        # Legs are kept in the order they appeared: walk back only over those
+        # that appeared during this attempt (a handful), not every live leg.
+        for leg in reversed(registry.legs.values()):
+            if leg.created < transfer.attempt_started_at:
+                return
+            if self._claim(at, transfer, leg, strong=False):
                 return
 
     def _claim(self, at: float, transfer: Transfer, leg: Leg, *, strong: bool) -> bool:
@@ -329,7 +345,7 @@ class Engine:
 
     def _failed(self, event: CallFailed, touched: dict[str, Transfer]) -> None:
         """A 30015 for a consultation whose target leg we never saw."""
-        for transfer in list(self._awaiting.values()):
+        for transfer in self._candidates(f"call:{event.call_id}"):
             start = transfer.start_call_id
             if start and start != transfer.original_call_id and event.call_id == start:
                 transfer.target_failed(event.at, event.reason)
@@ -383,10 +399,34 @@ class Engine:
             self._indexed[transfer.id] = new
         else:
             self._indexed.pop(transfer.id, None)
+        keys: tuple[str, ...] = ()
         if transfer.awaiting_target():
             self._awaiting[transfer.id] = transfer
+            keys = (f"tail:{_tail(transfer.number)}",)
+            if transfer.start_call_id:
+                keys += (f"call:{transfer.start_call_id}",)
         else:
             self._awaiting.pop(transfer.id, None)
+        old_keys = self._awaiting_keys.pop(transfer.id, ())
+        if keys != old_keys:
+            for key in old_keys:
+                ids = self._awaiting_by[key]
+                ids.discard(transfer.id)
+                if not ids:
+                    del self._awaiting_by[key]
+            for key in keys:
+                self._awaiting_by.setdefault(key, set()).add(transfer.id)
+        if keys:
+            self._awaiting_keys[transfer.id] = keys
+
+    def _candidates(self, *keys: str) -> list[Transfer]:
+        """Waiting transfers filed under any of ``keys``, oldest first (deterministic)."""
+        ids: set[str] = set()
+        for key in keys:
+            ids |= self._awaiting_by.get(key, set())
+        found = [self._awaiting[i] for i in ids if i in self._awaiting]
+        found.sort(key=lambda t: (t.created_at, t.id))
+        return found
 
     def _collect(self, touched: dict[str, Transfer]) -> list[Command]:
         out: list[Command] = []

@@ -46,7 +46,7 @@ TOMBSTONE_TTL = 300.0
 class Leg:
     """One live leg.  Mutable, slotted: there may be 100,000 of these."""
 
-    __slots__ = ("call_id", "channel_id", "kind", "number", "since", "status")
+    __slots__ = ("call_id", "channel_id", "created", "kind", "number", "since", "status")
 
     def __init__(self, call_id: str, member: Member, at: float) -> None:
         self.call_id = call_id
@@ -54,7 +54,8 @@ class Leg:
         self.kind = member.kind
         self.number = member.number
         self.status = member.status
-        self.since = at
+        self.since = at  # last status change
+        self.created = at  # first seen
 
     def as_member(self) -> dict[str, str]:
         return {
@@ -91,6 +92,7 @@ class CallRegistry:
         self.calls: dict[str, dict[str, Leg]] = {}
         self.legs: dict[str, Leg] = {}
         self._tombstones: OrderedDict[str, float] = OrderedDict()
+        self._peak = 0  # most legs held at once since the last shrink
 
     # -- updates -----------------------------------------------------------
 
@@ -98,12 +100,27 @@ class CallRegistry:
         """Merge one PBX event; return what changed (possibly nothing)."""
         self._prune(event.at)
         if isinstance(event, CallUpdated):
-            return self._update(event.call_id, event.members, event.at, full=event.full)
-        if isinstance(event, CallEnded):
-            return self._end_call(event.call_id, event.at)
-        if isinstance(event, CallFailed):
-            return self._failed(event)
-        return self._snapshot(event)
+            changes = self._update(event.call_id, event.members, event.at, full=event.full)
+        elif isinstance(event, CallEnded):
+            changes = self._end_call(event.call_id, event.at)
+        elif isinstance(event, CallFailed):
+            changes = self._failed(event)
+        else:
+            changes = self._snapshot(event)
+        self._shrink()
+        return changes
+
+    def _shrink(self) -> None:
+        """Python dicts never give memory back: after a peak (a busy hour, a
+        benchmark) rebuild them once they hold under an eighth of it."""
+        size = len(self.legs)
+        if size > self._peak:
+            self._peak = size
+        elif self._peak > 4096 and size * 8 < self._peak:
+            self.legs = dict(self.legs)
+            self.calls = dict(self.calls)
+            self._tombstones = OrderedDict(self._tombstones)
+            self._peak = size
 
     def _update(
         self, call_id: str, members: tuple[Member, ...], at: float, *, full: bool, trusted: bool = False

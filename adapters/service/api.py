@@ -114,7 +114,10 @@ def create_app(
             provided = query_token or ""
         return hmac.compare_digest(provided.encode(), token.encode())
 
-    def require_token(authorization: Annotated[str | None, Header(include_in_schema=False)] = None) -> None:
+    # async: a sync dependency would be run in a worker thread on every request.
+    async def require_token(
+        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> None:
         if not authorized(authorization):
             raise ApiError(401, "unauthorized", "send the API token as 'Authorization: Bearer <token>'")
 

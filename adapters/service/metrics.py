@@ -77,9 +77,13 @@ class MetricsObserver(Observer):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._bad_reasons: set[str] = set()
+        self._frames: dict[str, Any] = {}  # kind -> labelled counter (a label lookup per frame is not free)
 
     def frame(self, kind: str) -> None:
-        self.metrics.frames.labels(kind).inc()
+        counter = self._frames.get(kind)
+        if counter is None:
+            counter = self._frames[kind] = self.metrics.frames.labels(kind)
+        counter.inc()
 
     def bad_frame(self, reason: str, sample: str) -> None:
         self.metrics.bad_frames.labels(reason).inc()

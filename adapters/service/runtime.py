@@ -113,6 +113,7 @@ class Runtime:
         self._subscribers: set[Subscription] = set()
         self._closing = False
         self._unsaved: set[str] = set()  # transfers whose latest state is not on disk
+        self._event_counters: dict[type, Any] = {}  # event type -> labelled counter
 
     # -- life cycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -153,7 +154,11 @@ class Runtime:
         (nothing changed then).  Synchronous: call it on the loop's thread.
         """
         started = time.perf_counter()
-        self.metrics.events.labels(type(event).__name__).inc()
+        kind = type(event)
+        counter = self._event_counters.get(kind)
+        if counter is None:
+            counter = self._event_counters[kind] = self.metrics.events.labels(kind.__name__)
+        counter.inc()
         commands = self.engine.handle(event)
         if isinstance(event, TransferRequested):
             self.metrics.transfers_started.labels(event.type).inc()
@@ -221,7 +226,8 @@ class Runtime:
                 self._transfer_changed(command)
                 if command.final:
                     finished.append(command.transfer_id)
-            elif isinstance(command, CallChanged):
+            elif isinstance(command, CallChanged) and self._subscribers:
+                # Only build the call's view when someone reads the live stream.
                 call = self.engine.call(command.call_id) or {"call_id": command.call_id, "members": []}
                 self._publish({"kind": "call", "call": call})
         for transfer_id in finished:

@@ -136,7 +136,10 @@ class Service:
         """
         host, port = self.config.api.host, self.config.api.port
         # Bind first: a port in use should fail before we log in to the PBX.
-        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets whose
+        # proto says TCP, and with Nagle on every kept-alive request waits ~40 ms.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))

@@ -202,7 +202,15 @@ class PbxSimulator:
         # caller instead of uvicorn's sys.exit inside a task.
         self._stopping.clear()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.create_server((host, port), family=family)
+        # IPPROTO_TCP explicitly, so asyncio sets TCP_NODELAY (no Nagle delay on frames).
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
         config = uvicorn.Config(
             self._app,
             host=host,
