@@ -38,7 +38,7 @@ from engine.model import (
     TransferChanged,
     TransferRequested,
 )
-from engine.registry import CallRegistry, Leg, LegChange
+from engine.registry import CallRegistry, Leg, LegChange, shrinkable
 from engine.transfer import Transfer
 
 _NON_DIGITS = re.compile(r"[^0-9]")
@@ -90,6 +90,7 @@ class Engine:
         # against a few candidates, not every waiting transfer.
         self._awaiting_by: dict[str, set[str]] = {}
         self._awaiting_keys: dict[str, tuple[str, ...]] = {}
+        self._peak = 0  # most transfers held at once since the indexes were last rebuilt
 
     # ------------------------------------------------------------------
     # the one entry point
@@ -192,6 +193,17 @@ class Engine:
         transfer = self._transfers.get(transfer_id)
         if transfer is not None and transfer.final:
             del self._transfers[transfer_id]
+            size = len(self._transfers)
+            if shrinkable(size, self._peak):
+                # After a peak, give the indexes' memory back (dicts never shrink).
+                self._transfers = dict(self._transfers)
+                self._by_channel = dict(self._by_channel)
+                self._indexed = dict(self._indexed)
+                self._awaiting = dict(self._awaiting)
+                self._peak = size
+
+    def _count(self) -> None:
+        self._peak = max(self._peak, len(self._transfers))
 
     # ------------------------------------------------------------------
     # internals
@@ -255,6 +267,7 @@ class Engine:
             event.at,
         )
         self._transfers[transfer.id] = transfer
+        self._count()
         transfer.begin(event.at)
         return transfer
 

@@ -37,6 +37,13 @@ from engine.model import (
     Member,
 )
 
+
+def shrinkable(size: int, peak: int) -> bool:
+    """Whether a dict that once held ``peak`` entries and now holds ``size``
+    is worth rebuilding to give its memory back (Python dicts never shrink)."""
+    return peak > 4096 and size * 8 < peak
+
+
 #: Statuses of a leg being called (not of a caller hearing ringback).
 CALLEE_RINGING = frozenset({"RING", "EARLYMEDIA"})
 #: How long (event-time seconds) a hung-up channel id is remembered.
@@ -93,6 +100,7 @@ class CallRegistry:
         self.legs: dict[str, Leg] = {}
         self._tombstones: OrderedDict[str, float] = OrderedDict()
         self._peak = 0  # most legs held at once since the last shrink
+        self._tombstone_peak = 0
 
     # -- updates -----------------------------------------------------------
 
@@ -114,13 +122,16 @@ class CallRegistry:
         """Python dicts never give memory back: after a peak (a busy hour, a
         benchmark) rebuild them once they hold under an eighth of it."""
         size = len(self.legs)
-        if size > self._peak:
-            self._peak = size
-        elif self._peak > 4096 and size * 8 < self._peak:
+        if shrinkable(size, self._peak):
             self.legs = dict(self.legs)
             self.calls = dict(self.calls)
-            self._tombstones = OrderedDict(self._tombstones)
             self._peak = size
+        self._peak = max(self._peak, size)
+        size = len(self._tombstones)
+        if shrinkable(size, self._tombstone_peak):
+            self._tombstones = OrderedDict(self._tombstones)
+            self._tombstone_peak = size
+        self._tombstone_peak = max(self._tombstone_peak, size)
 
     def _update(
         self, call_id: str, members: tuple[Member, ...], at: float, *, full: bool, trusted: bool = False

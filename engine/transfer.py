@@ -32,6 +32,9 @@ from engine.model import (
 
 TargetStatus = str  # "dialing" | "ringing" | "answered" | "held" | "gone"
 
+#: An unknown outcome that looks "not carried out" is looked at again this
+#: many seconds later before the transfer acts on it.
+RECHECK_S = 5.0
 #: After a decision of ours could not be sent (the runtime could not make it
 #: durable), decide again this many seconds later.
 UNSENT_RETRY_S = 1.0
@@ -67,6 +70,7 @@ class Pending:
     by: str
     unknown: bool = False
     channel_id: str = ""  # the leg a request acts on
+    rechecked: bool = False  # a "did not happen" verdict awaits its second look
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -76,6 +80,7 @@ class Pending:
             "by": self.by,
             "unknown": self.unknown,
             "channel_id": self.channel_id,
+            "rechecked": self.rechecked,
         }
 
 
@@ -278,6 +283,10 @@ class Transfer:
         if kind == "retry":
             self._retry_unsent(at)
             return
+        if kind == "recheck":
+            if self.pending is not None and self.pending.unknown and not self.final:
+                self.out.append(QueryCalls(self.id, f"second look at the unknown {self.pending.action}"))
+            return
         if self.cell("timeout") == "ignore":
             if kind == "answer_delay" and self.state == "idle":
                 # The target answered before the PBX accepted the start: keep the fact;
@@ -342,57 +351,51 @@ class Transfer:
 
         ``alive`` maps the channel ids the PBX reports to their status; ``target_candidate``
         is a correlated target leg, if any (for an unknown ``start``).
+
+        "It happened" is acted on at once.  "It did not happen" is checked
+        once more :data:`RECHECK_S` later before acting: a request that timed
+        out may still be carried out by a busy PBX after the first look.
         """
         pending = self.pending
         if pending is None or not pending.unknown or self.final:
             return
         self._touch(at)
+        done = self._happened(pending, alive, target_candidate)
+        if not done and not pending.rechecked:
+            pending.rechecked = True
+            self._arm("recheck", at + RECHECK_S)
+            return
         self.pending = None
         action = pending.action
-        done: bool
-        if action == "start":
-            done = target_candidate is not None
-            if not done:
-                # The start may have half happened (Webex: the hold did, the
-                # dial's answer was lost): abort as a clean-up — "nothing to
-                # abort" counts as done — then fall back or end as a refusal.
-                more = self.attempt > 0 and self.attempt + 1 < len(self.numbers)
-                self._request(at, "abort", ("retry" if more else "aborted", "pbx_error"), "auto")
-                return
-        elif action == "complete" or action == "blind":
-            done = self.transferor_channel not in alive
-            if not done and action == "complete":
-                # The one complete this transfer may send did not happen, and is
-                # never sent twice: give the caller back rather than leave the
-                # consultation waiting for an operator who was told "unknown".
-                self._request(at, "abort", ("aborted", "pbx_error"), "auto")
-                return
-        elif action == "abort":
-            target_alive = self.target_channel in alive
-            held = alive.get(self.transferee_channel or "") == "HOLD"
-            if (target_alive or held) and not self.abort_resent:
-                # The PBX's view shows the abort did not (fully) happen: the
-                # consultation still rings, or the transferee is still held
-                # (Webex: the resume of the two-step abort failed).  An abort
-                # is safe to repeat on both platforms ("already gone" counts
-                # as done): send it once more — not blindly, but once.
-                self.abort_resent = True
-                self._request(at, "abort", pending.then, "auto")
-                return
-            if target_alive:
-                # Still ringing after a second abort: hang the target leg up.
-                self._request(at, "hangup", pending.then, "auto", channel_id=self.target_channel)
-                return
-            done = True
-        elif action == "hangup":
-            done = pending.channel_id not in alive
-        elif action == "swap":
-            held = alive.get(self.target_channel or "") == "HOLD"
-            done = held if pending.then[0] == "swapped" else not held
-        else:  # threeway
-            done = self.target_status == "answered" and not self.transferor_gone
         if done:
             self._succeeded(at, pending, None)
+        elif action == "start":
+            # The start may have half happened (Webex: the hold did, the dial's
+            # answer was lost): abort as a clean-up — "nothing to abort" counts
+            # as done — then fall back or end as a refusal.
+            more = self.attempt > 0 and self.attempt + 1 < len(self.numbers)
+            self._request(at, "abort", ("retry" if more else "aborted", "pbx_error"), "auto")
+            return
+        elif action == "complete":
+            # The one complete this transfer may send did not happen, and is
+            # never sent twice: give the caller back rather than leave the
+            # consultation waiting for an operator who was told "unknown".
+            self._request(at, "abort", ("aborted", "pbx_error"), "auto")
+            return
+        elif action == "abort" and not self.abort_resent:
+            # The consultation still rings, or the transferee is still held
+            # (Webex: the resume of the two-step abort failed).  An abort is safe
+            # to repeat on both platforms ("already gone" counts as done): send
+            # it once more — not blindly, but once.
+            self.abort_resent = True
+            self._request(at, "abort", pending.then, "auto")
+            return
+        elif action == "abort" and self.target_channel in alive:
+            # Still ringing after a second abort: hang the target leg up.
+            self._request(at, "hangup", pending.then, "auto", channel_id=self.target_channel)
+            return
+        elif action == "abort":
+            self._succeeded(at, pending, None)  # only the hold is left: nothing more to send
         else:
             self.last_error = {
                 "errcode": None,
@@ -401,6 +404,23 @@ class Transfer:
             }
             self._refused(at, pending, gone=False)
         self._decide(at)
+
+    def _happened(self, pending: Pending, alive: Mapping[str, str], target_candidate: str | None) -> bool:
+        """Whether the PBX's view shows ``pending``'s request carried out."""
+        action = pending.action
+        if action == "start":
+            return target_candidate is not None
+        if action in ("complete", "blind"):
+            return self.transferor_channel not in alive
+        if action == "abort":
+            held = alive.get(self.transferee_channel or "") == "HOLD"
+            return self.target_channel not in alive and not held
+        if action == "hangup":
+            return pending.channel_id not in alive
+        if action == "swap":
+            held = alive.get(self.target_channel or "") == "HOLD"
+            return held if pending.then[0] == "swapped" else not held
+        return self.target_status == "answered" and not self.transferor_gone  # threeway
 
     def lost(self, at: float) -> None:
         """Every leg of the transfer vanished in a reconciliation snapshot."""
@@ -729,5 +749,6 @@ class Transfer:
                 pending["by"],
                 pending["unknown"],
                 pending.get("channel_id", ""),
+                pending.get("rechecked", False),
             )
         return transfer

@@ -86,6 +86,8 @@ def test_an_abort_whose_resume_failed_does_not_leave_the_transferee_on_hold() ->
         Member("inbound", "94424722", TRANSFEREE, "HOLD"),
         Member("extension", "2005", TRANSFEROR, "HOLD"),
     )
+    h.feed(CallsSnapshot(h.now, (CallState("1700000000.1", held),)))
+    h.fire("recheck")  # "did not happen" is looked at twice before acting
     out = h.feed(CallsSnapshot(h.now, (CallState("1700000000.1", held),)))
     resent = [r.action for r in out if isinstance(r, PbxRequest)]
     assert resent, f"{h.state()} ({h.resource()['reason']}) with the transferee still on hold, nothing sent"

@@ -472,17 +472,16 @@ def test_unknown_start_not_seen_by_the_pbx_is_cleaned_up_then_refused() -> None:
     h.setup_call()
     start = h.start()
     assert queries_in(h.result(start, "unknown"))
-    cleanup = only_request(
-        h.snapshot(
-            (
-                CALL,
-                (
-                    member("inbound", "94424722", TRANSFEREE, "HOLD"),
-                    member("extension", "2005", TRANSFEROR, "ANSWER"),
-                ),
-            )
-        )
+    view = (
+        CALL,
+        (
+            member("inbound", "94424722", TRANSFEREE, "HOLD"),
+            member("extension", "2005", TRANSFEROR, "ANSWER"),
+        ),
     )
+    assert not requests_in(h.snapshot(view)), "a busy PBX may still act: look again before deciding"
+    assert queries_in(h.fire("recheck"))
+    cleanup = only_request(h.snapshot(view))
     assert cleanup.action == "abort", "the start may have half happened: give the held caller back"
     h.result(cleanup, "refused", errcode=60001, gone=True)
     assert final(h) == ("aborted", "pbx_error")
@@ -504,8 +503,42 @@ def test_unknown_complete_that_did_not_happen_gives_the_caller_back() -> None:
         ),
         (CONSULT, (member("outbound", TARGET_NUMBER, TARGET, "ANSWER"),)),
     )
+    assert not requests_in(h.snapshot(*everyone))
+    assert queries_in(h.fire("recheck"))
     abort = only_request(h.snapshot(*everyone))
     assert abort.action == "abort", "never a second complete: abort instead"
     h.result(abort)
     assert final(h) == ("aborted", "pbx_error")
     assert len(h.requests("complete")) == 1
+
+
+def test_unknown_complete_carried_out_late_is_seen_on_the_second_look() -> None:
+    h = Harness()
+    h.consulting(on_answer="hold")
+    h.target("ANSWER")
+    complete = only_request(h.op("complete"))
+    h.result(complete, "unknown")
+    before = (
+        (
+            CALL,
+            (
+                member("inbound", "94424722", TRANSFEREE, "HOLD"),
+                member("extension", "2005", TRANSFEROR, "ANSWER"),
+            ),
+        ),
+        (CONSULT, (member("outbound", TARGET_NUMBER, TARGET, "ANSWER"),)),
+    )
+    assert not requests_in(h.snapshot(*before))
+    h.fire("recheck")
+    # meanwhile the PBX carried the complete out: the transferor is gone
+    after = (
+        (
+            CALL,
+            (
+                member("inbound", "94424722", TRANSFEREE, "ANSWER"),
+                member("outbound", TARGET_NUMBER, TARGET, "ANSWER"),
+            ),
+        ),
+    )
+    assert not requests_in(h.snapshot(*after))
+    assert final(h) == ("completed", "operator")

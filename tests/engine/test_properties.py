@@ -140,9 +140,14 @@ class Checker:
         ]
         if not everyone and calls:
             calls = calls[1:]
-        # A snapshot always settles an unknown outcome (it may issue a new request).
-        self.pending = [r for r in self.pending if not self._unknown(r)]
+        # A snapshot may settle an unknown outcome (and issue a new request), or
+        # leave it waiting for a second look: take it out during the feed, put
+        # it back if the engine still waits for it.
+        unknown = [r for r in self.pending if self._unknown(r)]
+        self.pending = [r for r in self.pending if r not in unknown]
         self.feed(CallsSnapshot(self.h.now, tuple(calls)))
+        if not self.pending:
+            self.pending = [r for r in unknown if self._unknown(r)]
 
     def _unknown(self, request: PbxRequest) -> bool:
         transfer = self.h.engine.get("t1")

@@ -506,8 +506,8 @@ def threeway_result_refused() -> None:
 def threeway_result_unknown() -> None:
     h = in_threeway()
     assert queries_in(h.result(only_request(h.op("complete")), "unknown"))
-    # everyone is still there, the transferor included: the complete did not happen
-    h.snapshot(
+    # everyone is still there, the transferor included: the hang-up did not happen
+    everyone = (
         (
             CALL,
             (
@@ -517,6 +517,9 @@ def threeway_result_unknown() -> None:
         ),
         (CONSULT, (member("outbound", "5503301", TARGET, "ANSWER"),)),
     )
+    assert not reqs(h.snapshot(*everyone)), "a first 'did not happen' is looked at again later"
+    assert queries_in(h.fire("recheck"))
+    h.snapshot(*everyone)
     assert h.state() == "threeway", "the transferor is still there: it did not leave"
     assert "complete" in h.engine.get("t1").allowed_ops()  # type: ignore[union-attr]
 
