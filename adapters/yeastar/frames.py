@@ -259,6 +259,17 @@ _HANDLERS: dict[object, Callable[[dict[str, Any], float], Parsed]] = {
 }
 
 
+def parse_event(type_: object, body: dict[str, Any], at: float) -> Parsed | None:
+    """Parse an already-decoded event body (``msg`` as an object) of frame type ``type_``.
+
+    The same handlers :func:`parse_frame` uses, for callers that hold the frame
+    decoded already (the replay reads recorded frames as JSON); None when the
+    type has no events, so the caller falls back to :func:`parse_frame`.
+    """
+    handler = _HANDLERS.get(type_)
+    return handler(body, at) if handler is not None else None
+
+
 def parse_frame(text: str | bytes, at: float) -> Parsed:
     """Understand one websocket frame that arrived at ``at``.
 
