@@ -78,7 +78,6 @@ def test_figure_line_round_trips() -> None:
 
 
 def test_plot_draws_from_figures(tmp_path: Path) -> None:
-    pytest.importorskip("matplotlib")
     from bench.plot import draw
 
     latency = Figure("decision_latency_p50", 5.0, "ms", "", None, {"xferd": [0.004, 0.006], "echo": [0.003]})

@@ -142,7 +142,41 @@ def write_config(path: Path, sim: PbxSimulator, store: Path, **policy: Any) -> P
     return path
 
 
-class Xferd:
+class ApiClient:
+    """The control API as a client uses it (``self.http`` is set up by the subclass)."""
+
+    http: httpx.AsyncClient
+
+    async def post(self, path: str, body: Any = None, **headers: str) -> httpx.Response:
+        return await self.http.post(path, json=body, headers=headers)
+
+    async def get(self, path: str) -> httpx.Response:
+        return await self.http.get(path)
+
+    async def transfer(self, transfer_id: str) -> dict[str, Any]:
+        response = await self.get(f"/v1/transfers/{transfer_id}")
+        assert response.status_code == 200, response.text
+        return dict(response.json())
+
+    async def final(self, transfer_id: str, within_s: float = 8) -> dict[str, Any]:
+        """Wait until the transfer is completed or aborted; its resource."""
+        response = await until_http(
+            lambda r: r.json()["state"] in ("completed", "aborted"),
+            self.http,
+            f"/v1/transfers/{transfer_id}",
+            within_s,
+        )
+        return dict(response.json())
+
+    async def state(self, transfer_id: str, state: str, target_status: str | None = None) -> dict[str, Any]:
+        def reached(r: httpx.Response) -> bool:
+            body = r.json()
+            return bool(body["state"] == state and target_status in (None, body["target"]["status"]))
+
+        return dict((await until_http(reached, self.http, f"/v1/transfers/{transfer_id}", 8)).json())
+
+
+class Xferd(ApiClient):
     """One ``xferd run`` subprocess: its JSON log lines, its API, signals."""
 
     def __init__(self, config: Path, sim: PbxSimulator) -> None:
@@ -207,35 +241,6 @@ class Xferd:
         if self.proc is not None and self.proc.returncode is None:
             await self.kill()
         await self.http.aclose()
-
-    # -- the API, as a client uses it -------------------------------------------
-    async def post(self, path: str, body: Any = None, **headers: str) -> httpx.Response:
-        return await self.http.post(path, json=body, headers=headers)
-
-    async def get(self, path: str) -> httpx.Response:
-        return await self.http.get(path)
-
-    async def transfer(self, transfer_id: str) -> dict[str, Any]:
-        response = await self.get(f"/v1/transfers/{transfer_id}")
-        assert response.status_code == 200, response.text
-        return dict(response.json())
-
-    async def final(self, transfer_id: str, within_s: float = 8) -> dict[str, Any]:
-        """Wait until the transfer is completed or aborted; its resource."""
-        response = await until_http(
-            lambda r: r.json()["state"] in ("completed", "aborted"),
-            self.http,
-            f"/v1/transfers/{transfer_id}",
-            within_s,
-        )
-        return dict(response.json())
-
-    async def state(self, transfer_id: str, state: str, target_status: str | None = None) -> dict[str, Any]:
-        def reached(r: httpx.Response) -> bool:
-            body = r.json()
-            return bool(body["state"] == state and target_status in (None, body["target"]["status"]))
-
-        return dict((await until_http(reached, self.http, f"/v1/transfers/{transfer_id}", 8)).json())
 
     async def call_in(self, extension: str) -> str:
         """An outside caller talks to ``extension``; returns the extension's channel once xferd tracks it."""

@@ -20,43 +20,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from adapters.base import Observer
 from adapters.webex import WEBHOOK_PATH, LoopbackServer, WebexAdapter, WebexSimulator
 from engine.model import CallEnded, CallFailed, CallUpdated, Event, Member
-from tests.service.conftest import API_TOKEN, XFERD, until_http
-
-
-class RecordingObserver(Observer):
-    def __init__(self) -> None:
-        self.frames: list[str] = []
-        self.bad: list[tuple[str, str]] = []
-        self.raw: list[str] = []
-        self.requests: list[tuple[str, dict[str, Any], dict[str, Any] | None, str]] = []
-        self.links: list[tuple[bool, str]] = []
-        self.reconnects = 0
-
-    def frame(self, kind: str) -> None:
-        self.frames.append(kind)
-
-    def bad_frame(self, reason: str, sample: str) -> None:
-        self.bad.append((reason, sample))
-
-    def raw_frame(self, text: str, at: float) -> None:
-        self.raw.append(text)
-
-    def pbx_request(
-        self, endpoint: str, body: dict[str, Any], answer: dict[str, Any] | None, result: str, seconds: float
-    ) -> None:
-        self.requests.append((endpoint, body, answer, result))
-
-    def reconnect(self) -> None:
-        self.reconnects += 1
-
-    def link(self, connected: bool, detail: str) -> None:
-        self.links.append((connected, detail))
-
-    def bad_reasons(self) -> list[str]:
-        return [reason for reason, _ in self.bad]
+from tests.service.conftest import API_TOKEN, XFERD, ApiClient, until_http
+from tests.support import RecordingObserver
 
 
 def statuses(members: tuple[Member, ...]) -> tuple[str, ...]:
@@ -230,7 +197,7 @@ def free_loopback_port() -> int:
         return int(probe.getsockname()[1])
 
 
-class WebexXferd:
+class WebexXferd(ApiClient):
     """One ``xferd run`` subprocess on Webex: its JSON log lines, its API, signals."""
 
     def __init__(self, config: Path, sim: WebexSimulator, *, access_token: str | None = None) -> None:
@@ -311,35 +278,12 @@ class WebexXferd:
         await self.http.aclose()
 
     # -- the API, as a client uses it -------------------------------------------
-    async def post(self, path: str, body: Any = None, **headers: str) -> httpx.Response:
-        return await self.http.post(path, json=body, headers=headers)
-
-    async def get(self, path: str) -> httpx.Response:
-        return await self.http.get(path)
-
     async def metric(self, name: str) -> float:
         """One sample of ``/metrics`` (``name`` with its labels), 0 when absent."""
         for line in (await self.get("/metrics")).text.splitlines():
             if line.startswith(name + " "):
                 return float(line.rsplit(" ", 1)[1])
         return 0.0
-
-    async def final(self, transfer_id: str, within_s: float = 8) -> dict[str, Any]:
-        """Wait until the transfer is completed or aborted; its resource."""
-        response = await until_http(
-            lambda r: r.json()["state"] in ("completed", "aborted"),
-            self.http,
-            f"/v1/transfers/{transfer_id}",
-            within_s,
-        )
-        return dict(response.json())
-
-    async def state(self, transfer_id: str, state: str, target_status: str | None = None) -> dict[str, Any]:
-        def reached(r: httpx.Response) -> bool:
-            body = r.json()
-            return bool(body["state"] == state and target_status in (None, body["target"]["status"]))
-
-        return dict((await until_http(reached, self.http, f"/v1/transfers/{transfer_id}", 8)).json())
 
     async def tracked(self, predicate: Callable[[list[dict[str, Any]]], bool], within_s: float = 5) -> None:
         """Wait until ``predicate(members of every tracked call)`` holds."""

@@ -7,47 +7,17 @@ import asyncio
 import json
 from collections import defaultdict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
-from adapters.base import Observer
 from adapters.yeastar.rest import YeastarRest
+from tests.support import RecordingObserver
 
 SECRET = "s3cr3t-client-secret"
 
-
-@dataclass
-class RecordingObserver(Observer):
-    """Remembers every hook call."""
-
-    frames: list[str] = field(default_factory=list)
-    bad: list[tuple[str, str]] = field(default_factory=list)
-    raw: list[str] = field(default_factory=list)
-    requests: list[tuple[str, dict[str, Any], dict[str, Any] | None, str]] = field(default_factory=list)
-    reconnects: int = 0
-    links: list[tuple[bool, str]] = field(default_factory=list)
-
-    def frame(self, kind: str) -> None:
-        self.frames.append(kind)
-
-    def bad_frame(self, reason: str, sample: str) -> None:
-        self.bad.append((reason, sample))
-
-    def raw_frame(self, text: str, at: float) -> None:
-        self.raw.append(text)
-
-    def pbx_request(
-        self, endpoint: str, body: dict[str, Any], answer: dict[str, Any] | None, result: str, seconds: float
-    ) -> None:
-        self.requests.append((endpoint, body, answer, result))
-
-    def reconnect(self) -> None:
-        self.reconnects += 1
-
-    def link(self, connected: bool, detail: str) -> None:
-        self.links.append((connected, detail))
+__all__ = ["SECRET", "RecordingObserver"]  # RecordingObserver is re-exported from tests.support
 
 
 class FakeClock:

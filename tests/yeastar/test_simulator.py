@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -22,6 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from adapters.yeastar.simulator import PbxSimulator, Phone, SimConfig, serve_forever
+from tests.support import make_certs
 
 TOPICS = [30011, 30012, 30015]
 Frame = tuple[Any, ...]
@@ -868,21 +868,14 @@ async def test_accept_then_close(make_sim: MakeSim, client_for: Any) -> None:
 # ---------------------------------------------------------------------- serving
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
 async def test_tls_with_a_ca_file(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    openssl = await asyncio.create_subprocess_exec(
-        *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"),
-        *("-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert await openssl.wait() == 0
+    pki = make_certs(tmp_path)
+    cert = pki["ca"]
     sim = PbxSimulator()
-    await sim.start(certfile=str(cert), keyfile=str(key))
+    await sim.start(certfile=pki["server"], keyfile=pki["key"])
     try:
         assert sim.base_url == f"https://127.0.0.1:{sim.port}"
-        context = ssl.create_default_context(cafile=str(cert))
+        context = ssl.create_default_context(cafile=cert)
         async with httpx.AsyncClient(verify=context, headers={"User-Agent": "OpenAPI"}) as http:
             answer = await http.post(
                 f"{sim.base_url}/openapi/v1.0/get_token",

@@ -9,15 +9,9 @@ falls back to an unverified connection.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 from collections.abc import AsyncIterator
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from adapters.base import FatalPbxError
 from adapters.yeastar.adapter import YeastarAdapter, subscribe_url
@@ -25,55 +19,14 @@ from adapters.yeastar.consumer import EventConsumer
 from adapters.yeastar.rest import tls_context
 from adapters.yeastar.simulator import PbxSimulator, SimConfig
 from engine.model import CallsSnapshot, Event, PbxRequest
+from tests.support import make_certs
 from tests.yeastar.client_support import FakePbx, wait_until
-
-
-def _cert(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: str,
-    issuer_key: ec.EllipticCurvePrivateKey,
-    *,
-    ca: bool,
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-        )
-    else:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """ca.pem (the CA to trust), server.pem + server.key (for 127.0.0.1)."""
-    d = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("xferd test CA", ca_key, "xferd test CA", ca_key, ca=True)
-    server = _cert("127.0.0.1", server_key, "xferd test CA", ca_key, ca=False)
-    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (d / "server.pem").write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    (d / "server.key").write_bytes(
-        server_key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return {name: str(d / f"{name}.pem") for name in ("ca", "server")} | {"key": str(d / "server.key")}
+    return make_certs(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture
