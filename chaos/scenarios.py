@@ -19,7 +19,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -244,13 +244,30 @@ async def yeastar_transfer(
         "number": run.numbers[0],
         "policy": dict(plan.policy),
     }
-    if len(run.numbers) > 1:
-        body["policy"]["fallback_numbers"] = run.numbers[1:]
+    hangup = (
+        _caller_hangs_up(sim, run.transferee, plan.caller_hangs_up_after)
+        if plan.caller_hangs_up_after is not None
+        else None
+    )
+    return await _play(world, plan, run.numbers, body, attempt, before_start, hangup, within_s)
+
+
+async def _play(
+    world: ClientWorld,
+    plan: Plan,
+    numbers: list[str],
+    body: dict[str, Any],
+    attempt: Attempt,
+    before_start: Callable[[], Awaitable[None]],
+    hangup: Coroutine[Any, Any, None] | None,
+    within_s: float,
+) -> dict[str, Any] | None:
+    """Start the transfer through the API and play the plan's operator side, on either platform."""
+    if len(numbers) > 1:
+        body["policy"]["fallback_numbers"] = numbers[1:]
     await before_start()
     started = time.monotonic()
-    side: list[asyncio.Task[None]] = []
-    if plan.caller_hangs_up_after is not None:
-        side.append(asyncio.create_task(_caller_hangs_up(sim, run.transferee, plan.caller_hangs_up_after)))
+    side = [asyncio.create_task(hangup)] if hangup is not None else []
     resource = await start_transfer(world, body, attempt)
     try:
         if resource is None:
@@ -330,37 +347,12 @@ async def webex_transfer(
         attempt.notes.append("the service never tracked the user's call")
         return None
     body: dict[str, Any] = {"channel_id": run.original, "number": run.numbers[0], "policy": dict(plan.policy)}
-    if len(run.numbers) > 1:
-        body["policy"]["fallback_numbers"] = run.numbers[1:]
-    await before_start()
-    started = time.monotonic()
-    side: list[asyncio.Task[None]] = []
-    if plan.caller_hangs_up_after is not None:
-        side.append(asyncio.create_task(_remote_hangs_up(sim, run.original, plan.caller_hangs_up_after)))
-    resource = await start_transfer(world, body, attempt)
-    try:
-        if resource is None:
-            return None
-        transfer_id = resource["id"]
-        if plan.operator_abort_ringing_after is not None:
-            await asyncio.sleep(plan.operator_abort_ringing_after)
-            await operate(world, transfer_id, "abort", attempt, within_s=15)
-        for op in plan.operator:
-            current = await wait_transfer(
-                world,
-                transfer_id,
-                lambda r: is_final(r) or r["target"]["status"] in ("answered", "held"),
-                within_s=20,
-            )
-            if current is None or is_final(current):
-                break
-            await operate(world, transfer_id, op, attempt, within_s=15)
-        remaining = max(1.0, within_s - (time.monotonic() - started))
-        return await wait_transfer(world, transfer_id, is_final, remaining)
-    finally:
-        for task in side:
-            task.cancel()
-        await asyncio.gather(*side, return_exceptions=True)
+    hangup = (
+        _remote_hangs_up(sim, run.original, plan.caller_hangs_up_after)
+        if plan.caller_hangs_up_after is not None
+        else None
+    )
+    return await _play(world, plan, run.numbers, body, attempt, before_start, hangup, within_s)
 
 
 async def _remote_hangs_up(sim: Any, call_id: str, after_s: float) -> None:

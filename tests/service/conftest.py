@@ -143,9 +143,28 @@ def write_config(path: Path, sim: PbxSimulator, store: Path, **policy: Any) -> P
 
 
 class ApiClient:
-    """The control API as a client uses it (``self.http`` is set up by the subclass)."""
+    """An ``xferd run`` subprocess as a client sees it: its JSON log lines on
+    stderr and its control API (``http``, ``lines``, ``port``, ``_started`` are
+    set up by the subclass)."""
 
     http: httpx.AsyncClient
+    lines: list[str]
+    port: int
+    _started: asyncio.Event
+
+    async def _read(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stderr is not None
+        async for raw in proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self.lines.append(line)
+            if '"service_started"' in line:
+                self.port = int(json.loads(line)["listen"].rsplit(":", 1)[1])
+                self._started.set()
+        self._started.set()  # exited: let start() report it
+
+    def logs(self) -> list[dict[str, Any]]:
+        """The JSON log lines (every line must be JSON)."""
+        return [json.loads(line) for line in self.lines]
 
     async def post(self, path: str, body: Any = None, **headers: str) -> httpx.Response:
         return await self.http.post(path, json=body, headers=headers)
@@ -205,20 +224,6 @@ class Xferd(ApiClient):
         self._reader = reader
         await self.connected()
         return self
-
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.lines.append(line)
-            if '"service_started"' in line:
-                self.port = int(json.loads(line)["listen"].rsplit(":", 1)[1])
-                self._started.set()
-        self._started.set()  # exited: let start() report it
-
-    def logs(self) -> list[dict[str, Any]]:
-        """The JSON log lines (every line must be JSON)."""
-        return [json.loads(line) for line in self.lines]
 
     async def connected(self, within_s: float = 10) -> None:
         await until_http(lambda r: r.status_code == 200, self.http, "/healthz", within_s)

@@ -247,20 +247,6 @@ class WebexXferd(ApiClient):
     def webhook_url(self) -> str:
         return self.base_url + WEBHOOK_PATH
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stderr is not None
-        async for raw in proc.stderr:
-            line = raw.decode(errors="replace").rstrip("\n")
-            self.lines.append(line)
-            if '"service_started"' in line:
-                self.port = int(json.loads(line)["listen"].rsplit(":", 1)[1])
-                self._started.set()
-        self._started.set()  # exited: let start() report it
-
-    def logs(self) -> list[dict[str, Any]]:
-        """The JSON log lines (every line must be JSON)."""
-        return [json.loads(line) for line in self.lines]
-
     async def terminate(self) -> int:
         assert self.proc is not None and self._reader is not None
         self.proc.send_signal(signal.SIGTERM)
