@@ -151,6 +151,27 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "token",
+    "print a new API token and the [[api.users]] entry that holds its hash",
+    arg("action", choices=("new",), help="new: make a token"),
+    arg("--name", required=True, help="the user's name (as it will appear in the audit log)"),
+    arg("--role", required=True, choices=("viewer", "operator", "supervisor", "admin")),
+)
+def token(args: argparse.Namespace) -> int:
+    import re
+
+    from adapters.service.roles import new_token
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", args.name):
+        return fail(f"invalid --name {args.name!r}: letters, digits and _ . @ - (at most 64)", 2)
+    secret, digest = new_token()
+    print(f"token (give it to {args.name}; it is shown only once): {secret}")
+    print("add to the config file:")
+    print(f'[[api.users]]\nname = "{args.name}"\nrole = "{args.role}"\ntoken_hash = "{digest}"')
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xferd", description="Event-driven attended-transfer service.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
