@@ -101,7 +101,9 @@ def offline_app() -> FastAPI:
 
     config = Config(
         pbx=(
-            YeastarPbx(kind="yeastar", name="acme", base_url="https://pbx.invalid", client_id="d", client_secret="d"),  # type: ignore[arg-type]
+            YeastarPbx(
+                kind="yeastar", name="acme", base_url="https://pbx.invalid", client_id="d", client_secret="d"
+            ),  # type: ignore[arg-type]
             WebexPbx(kind="webex", name="globex", access_token="d", webhook_secret="d"),  # type: ignore[arg-type]
         ),
         store=StoreConfig(path=Path(":memory:")),
@@ -228,7 +230,9 @@ def _functions(paths: list[Path]) -> dict[str, _Function]:
 
 def all_errors() -> list[Raised]:
     """Every error the API can answer with, from the API modules and the engine."""
-    found = [r for path in API_MODULES + ENGINE_MODULES for r in _raised_in(ast.parse(path.read_text()), path.stem)]
+    found = [
+        r for path in API_MODULES + ENGINE_MODULES for r in _raised_in(ast.parse(path.read_text()), path.stem)
+    ]
     from adapters.service.api import _STATUS_CODES
 
     known = {r.code for r in found}
@@ -267,7 +271,9 @@ def engine_entries() -> dict[str, set[str]]:
         if getattr(test.args[0], "id", "") != "event":
             continue
         kinds = test.args[1]
-        names = [e.id for e in (kinds.elts if isinstance(kinds, ast.Tuple) else [kinds]) if isinstance(e, ast.Name)]
+        names = [
+            e.id for e in (kinds.elts if isinstance(kinds, ast.Tuple) else [kinds]) if isinstance(e, ast.Name)
+        ]
         calls = {
             c.func.id if isinstance(c.func, ast.Name) else c.func.attr
             for child in node.body
@@ -297,6 +303,12 @@ def _cell(text: str) -> str:
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
+_BOUNDS = (
+    ("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"),
+    ("minLength", "length ≥"), ("maxLength", "length ≤"), ("minItems", "items ≥"), ("maxItems", "items ≤"),
+)  # fmt: skip
+
+
 def _schema_type(schema: dict[str, Any], components: dict[str, Any]) -> str:
     if "$ref" in schema:
         name = schema["$ref"].rsplit("/", 1)[-1]
@@ -309,10 +321,7 @@ def _schema_type(schema: dict[str, Any], components: dict[str, Any]) -> str:
         return f"`{json.dumps(schema['const'])}`"
     kind = schema.get("type", "any")
     rules = []
-    for key, sign in (
-        ("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"),
-        ("minLength", "length ≥"), ("maxLength", "length ≤"), ("minItems", "items ≥"), ("maxItems", "items ≤"),
-    ):  # fmt: skip
+    for key, sign in _BOUNDS:
         if key in schema:
             rules.append(f"{sign} {schema[key]}")
     if "pattern" in schema:
@@ -328,7 +337,9 @@ def _model_section(name: str, schema: dict[str, Any], components: dict[str, Any]
     required = set(schema.get("required", ()))
     lines += ["| field | type | required | default | description |", "|---|---|---|---|---|"]
     for field, prop in schema.get("properties", {}).items():
-        default = f"`{json.dumps(prop['default'])}`" if "default" in prop and prop["default"] is not None else ""
+        default = (
+            f"`{json.dumps(prop['default'])}`" if "default" in prop and prop["default"] is not None else ""
+        )
         lines.append(
             f"| `{field}` | {_cell(_schema_type(prop, components))} | {'yes' if field in required else ''} "
             f"| {default} | {_cell(prop.get('description', ''))} |"
@@ -357,7 +368,11 @@ def _error_rows(rows: list[Raised]) -> list[str]:
     lines = []
     seen: set[tuple[str, str]] = set()
     for raised in sorted(rows, key=lambda r: (r.status or 409, r.code)):
-        status = str(raised.status) if raised.status is not None else ("404" if raised.code == "not_found" else "409")
+        status = (
+            str(raised.status)
+            if raised.status is not None
+            else ("404" if raised.code == "not_found" else "409")
+        )
         if (status, raised.detail) in seen:
             continue
         seen.add((status, raised.detail))
@@ -386,7 +401,7 @@ def render() -> str:
         "may: `viewer` < `operator` < `supervisor` < `admin`. Errors are always "
         '`{"error": "<code>", "detail": "<sentence>"}`; the codes are listed [at the end](#error-codes).',
         "",
-        "With several PBXs configured, a request names its PBX with `\"pbx\": \"<name>\"` in the body or "
+        'With several PBXs configured, a request names its PBX with `"pbx": "<name>"` in the body or '
         "`?pbx=<name>` on reads; with one PBX it may be left out. A transfer id names its PBX by itself.",
         "",
     ]
@@ -437,14 +452,20 @@ def _route(
     params = operation.get("parameters", [])
     if isinstance(route, APIWebSocketRoute):
         params = [
-            {"name": p.alias, "in": "query", "required": p.field_info.is_required(), "schema": {"type": "string"}}
+            {
+                "name": p.alias,
+                "in": "query",
+                "required": p.field_info.is_required(),
+                "schema": {"type": "string"},
+            }
             for p in route.dependant.query_params
         ]
     if params:
         lines += ["| parameter | in | type | required | description |", "|---|---|---|---|---|"]
         for param in params:
+            kind = _cell(_schema_type(param.get("schema", {}), components))
             lines.append(
-                f"| `{param['name']}` | {param['in']} | {_cell(_schema_type(param.get('schema', {}), components))} "
+                f"| `{param['name']}` | {param['in']} | {kind} "
                 f"| {'yes' if param.get('required') else ''} | {_cell(param.get('description', ''))} |"
             )
         lines.append("")
@@ -459,7 +480,12 @@ def _route(
     if role is not None:
         generic += [
             Raised(401, "unauthorized", "send the API token as 'Authorization: Bearer <token>'", ""),
-            Raised(403, "forbidden", "user {name} has role {role}; this request needs role " + role + " or higher", ""),
+            Raised(
+                403,
+                "forbidden",
+                "user {name} has role {role}; this request needs role " + role + " or higher",
+                "",
+            ),
         ]
     if body is not None:
         generic += [
@@ -472,7 +498,7 @@ def _route(
     if rows:
         lines += ["| status | error | detail |", "|---|---|---|", *rows, ""]
     if isinstance(route, APIRoute):
-        example = EXAMPLE_BODIES.get((method, path))
-        lines += ["```sh", _curl(method, _example_path(path), role if not path.startswith("/v1/webhooks") else None,
-                                 example if body is not None else None), "```", ""]  # fmt: skip
+        example = EXAMPLE_BODIES.get((method, path)) if body is not None else None
+        auth_role = None if path.startswith("/v1/webhooks") else role
+        lines += ["```sh", _curl(method, _example_path(path), auth_role, example), "```", ""]
     return lines

@@ -49,5 +49,14 @@ def _render(parser: argparse.ArgumentParser) -> str:
         "",
     ]
     for name, sub in _subcommands(parser).items():
-        lines += [f"## `xferd {name}`", "", sub.description or "", "", "```text", sub.format_help().rstrip(), "```", ""]
+        lines += [
+            f"## `xferd {name}`",
+            "",
+            sub.description or "",
+            "",
+            "```text",
+            sub.format_help().rstrip(),
+            "```",
+            "",
+        ]
     return "\n".join(lines)

@@ -143,7 +143,12 @@ def _type(prop: dict[str, Any]) -> str:
             rules.append(f"matching `{prop['pattern']}`")
     elif kind in ("number", "integer"):
         text = "integer" if kind == "integer" else "number"
-        for key, sign in (("exclusiveMinimum", ">"), ("minimum", "≥"), ("exclusiveMaximum", "<"), ("maximum", "≤")):
+        for key, sign in (
+            ("exclusiveMinimum", ">"),
+            ("minimum", "≥"),
+            ("exclusiveMaximum", "<"),
+            ("maximum", "≤"),
+        ):
             if key in prop:
                 rules.append(f"{sign} {prop[key]}")
     elif kind == "boolean":

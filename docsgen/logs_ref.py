@@ -66,7 +66,10 @@ def events(root: Path = ROOT) -> list[LogEvent]:
                 continue
             key = (str(node.args[0].value), level, loggers[target.id])
             found.setdefault(key, set()).update(k.arg for k in node.keywords if k.arg)
-    return [LogEvent(event, level, tuple(sorted(fields)), logger) for (event, level, logger), fields in sorted(found.items())]
+    return [
+        LogEvent(event, level, tuple(sorted(fields)), logger)
+        for (event, level, logger), fields in sorted(found.items())
+    ]
 
 
 def render_table() -> str:

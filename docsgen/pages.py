@@ -23,19 +23,25 @@ PAGES = {
     "reference/api.md": (api_ref.render, "adapters/service/api.py"),
     "reference/cli.md": (cli_ref.render, "adapters/cli.py"),
     "reference/metrics.md": (
-        lambda: "# Metrics\n\n"
-        "<!-- Generated from adapters/service/metrics.py by docsgen/metrics_ref.py at every build. -->\n\n"
-        "`GET /metrics` (role `viewer`) serves these in the Prometheus text format. Counters carry the "
-        "`_total` suffix (and a `_created` timestamp); histograms are exported as `_bucket`, `_sum` and "
-        "`_count`. What to alert on: [Monitoring](../operations/monitoring.md).\n\n" + metrics_ref.render_table(),
+        lambda: (
+            "# Metrics\n\n"
+            "<!-- Generated from adapters/service/metrics.py by docsgen/metrics_ref.py "
+            "at every build. -->\n\n"
+            "`GET /metrics` (role `viewer`) serves these in the Prometheus text format. Counters carry the "
+            "`_total` suffix (and a `_created` timestamp); histograms are exported as `_bucket`, `_sum` and "
+            "`_count`. What to alert on: [Monitoring](../operations/monitoring.md).\n\n"
+            + metrics_ref.render_table()
+        ),
         "adapters/service/metrics.py",
     ),
     "reference/logs.md": (
-        lambda: "# Log events\n\n"
-        "<!-- Generated from the log calls in adapters/ by docsgen/logs_ref.py at every build. -->\n\n"
-        "Every event the service logs, with the fields it carries besides the ones every line has "
-        "(`event`, `level`, `logger`, `timestamp`). How to read and ship the log: "
-        "[Logging](../operations/logging.md).\n\n" + logs_ref.render_table(),
+        lambda: (
+            "# Log events\n\n"
+            "<!-- Generated from the log calls in adapters/ by docsgen/logs_ref.py at every build. -->\n\n"
+            "Every event the service logs, with the fields it carries besides the ones every line has "
+            "(`event`, `level`, `logger`, `timestamp`). How to read and ship the log: "
+            "[Logging](../operations/logging.md).\n\n" + logs_ref.render_table()
+        ),
         "adapters/service/logs.py",
     ),
 }
