@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import types
 import typing
 from collections.abc import Iterator
@@ -51,7 +52,7 @@ class Table:
         if not self.paths:
             return "file"
         main = min(self.paths, key=lambda p: (p.count("."), len(p)))
-        slug = main.strip("[]")
+        slug = re.sub(r"[^A-Za-z0-9_.-]", "", main)  # an HTML id: [rules.<name>] -> rules.name
         return f"{slug}-{self.tag[1]}" if self.tag is not None else slug
 
 
@@ -72,6 +73,8 @@ def _models_in(annotation: Any) -> Iterator[tuple[type[BaseModel], bool]]:
         for arg in get_args(annotation):
             if arg is not Ellipsis:
                 yield from ((model, True) for model, _ in _models_in(arg))
+    elif origin is dict:  # a table of named tables: [x.<name>]
+        yield from _models_in(get_args(annotation)[1])
     elif isinstance(annotation, type) and issubclass(annotation, BaseModel):
         yield annotation, False
 
@@ -99,6 +102,8 @@ def tables(root: type[BaseModel] = cfg.Config) -> list[Table]:
                 if table is None:
                     table = found[child] = Table(child, tag=_tag_of(child) if len(members) > 1 else None)
                     queue.append((child, dotted))
+                if get_origin(info.annotation) is dict:
+                    dotted += ".<name>"
                 path = f"[[{dotted}]]" if array else f"[{dotted}]"
                 if path not in table.paths:
                     table.paths.append(path)
@@ -265,6 +270,4 @@ def render() -> str:
 
 def documented_keys(page: str) -> set[str]:
     """The key anchors a rendered page holds (for the test comparing code and reference)."""
-    import re
-
     return set(re.findall(r'<span id="([^"]+)"></span>`', page))
