@@ -73,7 +73,8 @@ def replay_command(args: argparse.Namespace) -> int:
     and the timeline is built only when ``--timeline`` or ``--mermaid`` asks for it.
     """
     # Freeze only when nothing else is frozen: unfreezing at the end must give back ours alone.
-    paths = [*args.paths, *(bundled()[name] for name in args.example)]
+    # getattr: callers that build the Namespace themselves (bench) predate --example.
+    paths = [*args.paths, *(bundled()[name] for name in getattr(args, "example", ()))]
     if not paths:
         return _fail("replay: give scenario files or folders (PATH...), or --example NAME")
     freeze = gc.get_freeze_count() == 0
