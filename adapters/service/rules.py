@@ -30,7 +30,7 @@ import asyncio
 import re
 import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -408,6 +408,29 @@ def describe_rule(rule: Rule) -> dict[str, Any]:
         "zone": rule.zone_name,
         "then": then,
     }
+
+
+class RulesCollector:
+    """Prometheus ``xferd_rule_events_total{rule, counter}``, read from the engines' counters at
+    scrape time (counting costs the hot path nothing)."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+
+    def describe(self) -> list[Any]:
+        return []  # unchecked collector: the rule names are only known at scrape time
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily
+
+        family = CounterMetricFamily(
+            "xferd_rule_events",
+            "Routing rules: evaluations, matches, firings, …, by rule",
+            labels=["rule", "counter"],
+        )
+        for rule, counter, value in counter_rows(self.service):
+            family.add_metric([rule, counter], value)
+        yield family
 
 
 def counter_rows(service: Service) -> Sequence[tuple[str, str, int]]:
