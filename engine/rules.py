@@ -314,7 +314,9 @@ class RuleEngine:
                 continue
             old = change.old_status
             if status in TALKING_STATUSES:
-                trigger = "call.answered" if old is None or old in RINGING_STATUSES else None
+                # From ringing (RING/EARLYMEDIA) or first seen talking; ALERT → ANSWER is the
+                # extension's own outgoing call being answered, not the extension answering.
+                trigger = "call.answered" if old is None or old in CALLEE_RINGING else None
             elif status == "HOLD":
                 trigger = "call.held" if old != "HOLD" else None
             elif status in CALLEE_RINGING:
