@@ -322,7 +322,9 @@ def compile_condition(source: str, trigger: str, calendars: Iterable[str] = ()) 
         line, column = position(source, max(offset, 0))
         try:
             result = (program if text == source else cel.compile(text)).execute(context)
-        except (TypeError, KeyError, RuntimeError, ValueError) as exc:
+        except (IndexError, RuntimeError):
+            continue  # depends on the values (an index, a function's argument), not on the types
+        except (TypeError, KeyError, ValueError) as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             if isinstance(exc, TypeError) and "No such overload" in first:
                 first = "no such overload (CEL does not convert between types: compare like with like)"
