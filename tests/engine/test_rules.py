@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
-from adapters.service.rules import RulesError, parse
+from adapters.service.rules import RulesError, load, parse
 from engine import CallUpdated, Engine, Member, RequestFinished, TimerFired, TransferChanged
 from engine.calendars import CalendarError, build
 from engine.conditions import ConditionError, compile_condition
@@ -469,3 +470,11 @@ def test_a_bad_rules_file_is_one_line_naming_the_rule_and_field(text: str, words
     message = str(error.value)
     assert "\n" not in message and message.startswith("rules error in bad.toml: ")
     assert words in message
+
+
+def test_the_readme_shows_the_example_rules_file_and_it_compiles() -> None:
+    root = Path(__file__).resolve().parents[2]
+    example = (root / "examples" / "rules.toml").read_text()
+    assert example.strip() in (root / "README.md").read_text()
+    ruleset = load(root / "examples" / "rules.toml")
+    assert "office" in ruleset.calendars and len(ruleset.rules) == 5

@@ -210,13 +210,3 @@ async def test_a_bad_rules_file_stops_the_start_with_one_line(sim: PbxSimulator,
     assert len(lines) == 1
     assert lines[0].startswith(f'xferd: rules error in {rules}: rule "vip": if: syntax error')
     assert "at line 4 column" in lines[0]
-
-
-def test_the_readme_shows_the_example_rules_file_and_it_compiles() -> None:
-    from adapters.service.rules import load
-
-    root = Path(__file__).resolve().parents[2]
-    example = (root / "examples" / "rules.toml").read_text()
-    assert example.strip() in (root / "README.md").read_text()
-    ruleset = load(root / "examples" / "rules.toml")
-    assert "office" in ruleset.calendars and len(ruleset.rules) == 5
