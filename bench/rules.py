@@ -129,7 +129,8 @@ async def run_rules_ingest(sizes: Sizes) -> list[Figure]:
             f"ratio {ratio:.2f} of {base:.0f} frames/s with no rules; 100 enabled rules on call.answered "
             f"{label}, none matching; {len(rates[name])} alternating runs of "
             f"{len(frames) - warmup} frames ({sizes.ingest_calls} live calls, parse + runtime.feed in "
-            f"process): {', '.join(f'{r:.0f}' for r in rates[name])} vs {', '.join(f'{r:.0f}' for r in rates['none'])}"
+            f"process): {', '.join(f'{r:.0f}' for r in rates[name])} vs "
+            f"{', '.join(f'{r:.0f}' for r in rates['none'])}"
         )
         if met is not None:
             details += f"; {goal(met, '>= 0.9')}"

@@ -286,6 +286,15 @@ class RuleEngine:
                 anyone.append(rule)
         self._index = index
         self._order = {rule.name: i for i, rule in enumerate(ruleset.rules)}
+        # Facts each (trigger, zone) may need: the union over its rules, computed once.
+        wanted: dict[tuple[str, str], dict[str, frozenset[str] | None]] = {}
+        for rule in ruleset.rules:
+            if rule.enabled:
+                union = wanted.setdefault((rule.on, rule.zone_name), {})
+                for root, fields in rule.fields().items():
+                    have = union.get(root, frozenset())
+                    union[root] = None if fields is None or have is None else have | fields
+        self._wanted = wanted
 
     def restore(self, marker: Mapping[str, Any], transfer: Ended | None = None) -> None:
         """A decision persisted with its transfer: remember it (and the call's history) after a restart."""
@@ -763,24 +772,10 @@ class RuleEngine:
         """One CEL context per trigger and zone, holding the fields the candidates read."""
         context = occurrence.contexts.get(rule.zone_name)
         if context is None:
-            wanted: dict[str, frozenset[str] | None] = {}
-            for candidate in self._index_rules(occurrence):
-                if candidate.zone_name == rule.zone_name:
-                    for root, fields in candidate.fields().items():
-                        have = wanted.get(root, frozenset())
-                        wanted[root] = None if fields is None or have is None else have | fields
+            wanted = self._wanted.get((occurrence.name, rule.zone_name), {})
             facts = self._facts(occurrence, wanted, view, zone=(rule.zone, rule.zone_name))
             context = occurrence.contexts[rule.zone_name] = cel.Context(variables=facts)
         return context
-
-    def _index_rules(self, occurrence: _Trigger) -> list[Rule]:
-        found = self._index.get(occurrence.name)
-        if found is None:
-            return []
-        number = occurrence.leg.number if occurrence.leg is not None else ""
-        if occurrence.transfer is not None:
-            number = occurrence.transfer.transferor_number or ""
-        return self._candidates(found, number)
 
     def _facts(
         self,
@@ -808,7 +803,8 @@ class RuleEngine:
                     cache, "transfer", fields, lambda f: _transfer_fact(occurrence.transfer, f)
                 )
             elif root == "now":
-                out[root] = _now(occurrence.at, *zone)
+                now = _now(occurrence.at, *zone)
+                out[root] = now if fields is None else {name: now[name] for name in fields}
             elif root == "calendars":
                 calendars = self.ruleset.calendars
                 names = fields if fields is not None else calendars.keys()
