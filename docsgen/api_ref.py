@@ -25,10 +25,13 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute, APIWebSocketRoute
+
+if TYPE_CHECKING:
+    from adapters.service.server import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 API_MODULES = sorted((ROOT / "adapters" / "service").glob("api*.py"))
@@ -94,23 +97,29 @@ class _Offline:
         return None
 
 
-def offline_app() -> FastAPI:
-    """The control API of a service with one Yeastar and one Webex PBX, built without I/O."""
-    from adapters.service.config import Config, StoreConfig, WebexPbx, YeastarPbx
+def offline_service() -> Service:
+    """A service with one Yeastar and one Webex PBX and the example rules file, built without I/O:
+    every route, metric and optional part exists, nothing connects."""
+    from adapters.service.config import Config, RulesConfig, StoreConfig, WebexPbx, YeastarPbx
     from adapters.service.server import Service
 
+    yeastar = YeastarPbx(
+        kind="yeastar", name="acme", base_url="https://pbx.invalid", client_id="d", client_secret="d"
+    )  # type: ignore[arg-type]
+    webex = WebexPbx(kind="webex", name="globex", access_token="d", webhook_secret="d")  # type: ignore[arg-type]
     config = Config(
-        pbx=(
-            YeastarPbx(
-                kind="yeastar", name="acme", base_url="https://pbx.invalid", client_id="d", client_secret="d"
-            ),  # type: ignore[arg-type]
-            WebexPbx(kind="webex", name="globex", access_token="d", webhook_secret="d"),  # type: ignore[arg-type]
-        ),
+        pbx=(yeastar, webex),
         store=StoreConfig(path=Path(":memory:")),
+        rules=RulesConfig(path=ROOT / "examples" / "rules.toml"),
     )
     service = Service(config, adapters={"acme": _Offline("yeastar"), "globex": _Offline("webex")})  # type: ignore[dict-item]
     service.store.close()
-    return service.app
+    return service
+
+
+def offline_app() -> FastAPI:
+    """The control API of :func:`offline_service`."""
+    return offline_service().app
 
 
 def api_routes(routes: Any) -> Iterator[APIRoute | APIWebSocketRoute]:

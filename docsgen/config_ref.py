@@ -23,9 +23,11 @@ import types
 import typing
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
+from pydantic.fields import FieldInfo
 
 from adapters.service import config as cfg
 
@@ -54,6 +56,11 @@ class Table:
         main = min(self.paths, key=lambda p: (p.count("."), len(p)))
         slug = re.sub(r"[^A-Za-z0-9_.-]", "", main)  # an HTML id: [rules.<name>] -> rules.name
         return f"{slug}-{self.tag[1]}" if self.tag is not None else slug
+
+
+def key_of(name: str, info: FieldInfo) -> str:
+    """The key as the file writes it (a field ``if_`` is the key ``if``)."""
+    return info.alias or name
 
 
 def anchor(table: Table, key: str) -> str:
@@ -97,7 +104,7 @@ def tables(root: type[BaseModel] = cfg.Config) -> list[Table]:
         for name, info in model.model_fields.items():
             members = list(_models_in(info.annotation))
             for child, array in members:
-                dotted = f"{prefix}.{name}" if prefix else name
+                dotted = f"{prefix}.{key_of(name, info)}" if prefix else key_of(name, info)
                 table = found.get(child)
                 if table is None:
                     table = found[child] = Table(child, tag=_tag_of(child) if len(members) > 1 else None)
@@ -118,10 +125,14 @@ def _toml(value: Any) -> str:
         return "not set"
     if isinstance(value, bool):
         return f"`{str(value).lower()}`"
+    if isinstance(value, PurePath):
+        value = str(value)
     if isinstance(value, str | int | float):
         return f"`{json.dumps(value)}`"
     if isinstance(value, list | tuple):
         return "`[" + ", ".join(json.dumps(item) for item in value) + "]`"
+    if isinstance(value, dict):
+        return f"`{json.dumps(value)}`"
     return f"`{value}`"
 
 
@@ -160,6 +171,9 @@ def _type(prop: dict[str, Any]) -> str:
         text = "boolean"
     elif kind == "array":
         text = "array of " + _type(prop.get("items", {}))
+    elif kind == "object":
+        values = prop.get("additionalProperties")
+        text = "table" + (f" of {_type(values)}" if isinstance(values, dict) and values else "")
     else:
         text = str(kind or "value")
     return text + (f" ({', '.join(rules)})" if rules else "")
@@ -214,34 +228,40 @@ def _section(table: Table, by_model: dict[type[BaseModel], Table]) -> list[str]:
         lines += [_cell(doc), ""]
     lines += ["| key | type | default | description |", "|---|---|---|---|"]
     for name, info in model.model_fields.items():
-        prop = props.get(name, {})
+        key = key_of(name, info)
+        prop = props.get(key, {})
         nested = [by_model[child] for child, _ in _models_in(info.annotation)]
         if nested:
             kind = " or ".join(f"table: [{t.heading}](#{t.slug})" for t in nested)
-            default = "required" if name in required else "see the table"
+            default = "required" if key in required else "see the table"
         else:
             kind = _type(prop)
-            default = "required" if name in required else _toml(prop.get("default"))
+            default = "required" if key in required else _toml(info.get_default(call_default_factory=True))
         notes = [info.description or ""]
         notes += [f"Checked: {check}" for check in checks.get(name, [])]
-        envs = env_vars(table, name)
+        envs = env_vars(table, key)
         if envs:
             notes.append("Environment: " + "; ".join(envs) + ".")
         if prop.get("format") == "password":
             notes.append("Never logged.")
         description = "<br>".join(_cell(note) for note in notes if note)
-        key = f'<span id="{anchor(table, name)}"></span>`{name}`'
-        lines.append(f"| {key} | {_cell(kind)} | {default} | {description} |")
+        cell = f'<span id="{anchor(table, key)}"></span>`{key}`'
+        lines.append(f"| {cell} | {_cell(kind)} | {default} | {description} |")
     lines.append("")
     for doc in model_checks(model):
         lines += ["Checked across keys:", "", doc, ""]
     return lines
 
 
+def render_tables(root: type[BaseModel]) -> list[str]:
+    """One section per table reachable from ``root`` (Markdown lines)."""
+    found = tables(root)
+    by_model = {table.model: table for table in found}
+    return [line for table in found for line in _section(table, by_model)]
+
+
 def render() -> str:
     """The whole configuration reference page (Markdown)."""
-    found = tables()
-    by_model = {table.model: table for table in found}
     lines = [
         "# Configuration reference",
         "",
@@ -263,9 +283,25 @@ def render() -> str:
         "file. Relative paths are relative to the config file's folder.",
         "",
     ]
-    for table in found:
-        lines += _section(table, by_model)
-    return "\n".join(lines)
+    return "\n".join(lines + render_tables(cfg.Config))
+
+
+def render_rules() -> str:
+    """The rules file reference page (Markdown), from :class:`adapters.service.rules.RulesFile`."""
+    from adapters.service.rules import RulesFile
+
+    lines = [
+        "# Rules file reference",
+        "",
+        "<!-- Generated from adapters/service/rules.py by docsgen/config_ref.py at every build. -->",
+        "",
+        "The routing rules file (`[rules] path` in the config, or `xferd run --rules FILE`) is TOML. "
+        "Every key, as the code checks it; a mistake is one line naming the rule, the key and where, "
+        "at start (exit 2), at `xferd rules check` and on reload (422, the rules in force stay). "
+        "How to write rules: [Routing rules](../guides/rules.md).",
+        "",
+    ]
+    return "\n".join(lines + render_tables(RulesFile))
 
 
 def documented_keys(page: str) -> set[str]:

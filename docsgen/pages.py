@@ -22,6 +22,7 @@ PAGES = {
     "reference/configuration.md": (config_ref.render, "adapters/service/config.py"),
     "reference/api.md": (api_ref.render, "adapters/service/api.py"),
     "reference/cli.md": (cli_ref.render, "adapters/cli.py"),
+    "reference/rules-file.md": (config_ref.render_rules, "adapters/service/rules.py"),
     "reference/metrics.md": (
         lambda: (
             "# Metrics\n\n"

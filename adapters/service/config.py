@@ -239,6 +239,12 @@ class RecordConfig(_Table):
     the config file)."""
 
 
+class RulesConfig(_Table):
+    """``[rules] path = "rules.toml"``: the routing rules file (see adapters.service.rules)."""
+
+    path: Path | None = None
+
+
 PbxTable = Annotated[YeastarPbx | WebexPbx, Field(discriminator="kind")]
 
 
@@ -257,6 +263,8 @@ class Config(_Table):
     """Defaults for every transfer (a PBX's `[pbx.policy]` and each request may override them)."""
     record: RecordConfig = RecordConfig()
     """Recording the run as a replayable scenario."""
+    rules: RulesConfig = RulesConfig()
+    """Automated call-routing rules."""
 
     @model_validator(mode="before")
     @classmethod
@@ -350,6 +358,8 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
         config = config.model_copy(update={"store": StoreConfig(path=path.parent / config.store.path)})
     if config.record.path is not None and not config.record.path.is_absolute():
         config = config.model_copy(update={"record": RecordConfig(path=path.parent / config.record.path)})
+    if config.rules.path is not None and not config.rules.path.is_absolute():
+        config = config.model_copy(update={"rules": RulesConfig(path=path.parent / config.rules.path)})
     return config
 
 

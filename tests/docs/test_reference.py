@@ -17,10 +17,13 @@ import pytest
 from pydantic import BaseModel
 
 from adapters.service import config as cfg
+from adapters.service.rules import RulesFile
 from docsgen import api_ref, config_ref, logs_ref, metrics_ref
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = sorted((ROOT / "docs").rglob("*.md"))
+#: TOML files the docs include or point to.
+EXAMPLES = [*sorted((ROOT / "examples").glob("*.toml")), ROOT / "deploy" / "xferd.toml"]
 TOML_BLOCK = re.compile(r"^( *)```toml\n(.*?)^\1```", re.MULTILINE | re.DOTALL)
 
 
@@ -31,10 +34,10 @@ def _models(annotation: Any) -> list[type[BaseModel]]:
     return [model for arg in typing.get_args(annotation) for model in _models(arg)]
 
 
-def _every_key() -> set[tuple[type[BaseModel], str]]:
-    """(model, key) for every key of every table reachable from the config's root."""
+def _every_key(root: type[BaseModel]) -> set[tuple[type[BaseModel], str]]:
+    """(model, key) for every key of every table reachable from ``root``, as the file writes it."""
     seen: set[type[BaseModel]] = set()
-    todo: list[type[BaseModel]] = [cfg.Config]
+    todo: list[type[BaseModel]] = [root]
     keys: set[tuple[type[BaseModel], str]] = set()
     while todo:
         model = todo.pop()
@@ -42,16 +45,23 @@ def _every_key() -> set[tuple[type[BaseModel], str]]:
             continue
         seen.add(model)
         for name, info in model.model_fields.items():
-            keys.add((model, name))
+            keys.add((model, info.alias or name))
             todo += _models(info.annotation)
     return keys
 
 
-def test_every_config_key_in_the_code_is_in_the_generated_reference() -> None:
-    page = config_ref.render()
-    tables = {table.model: table for table in config_ref.tables()}
-    expected = {config_ref.anchor(tables[model], key) for model, key in _every_key()}
-    assert len(expected) == len(_every_key())  # one anchor per key: none shadows another
+@pytest.mark.parametrize(
+    ("root", "render"),
+    [(cfg.Config, config_ref.render), (RulesFile, config_ref.render_rules)],
+    ids=["config", "rules"],
+)
+def test_every_config_key_in_the_code_is_in_the_generated_reference(
+    root: type[BaseModel], render: Any
+) -> None:
+    page = render()
+    tables = {table.model: table for table in config_ref.tables(root)}
+    expected = {config_ref.anchor(tables[model], key) for model, key in _every_key(root)}
+    assert len(expected) == len(_every_key(root))  # one anchor per key: none shadows another
     documented = config_ref.documented_keys(page)
     assert expected - documented == set(), "keys missing from the reference"
     assert documented - expected == set(), "the reference names keys the code does not have"
@@ -74,12 +84,13 @@ def test_reference_shows_defaults_and_rules_as_the_code_has_them() -> None:
 
 
 def _toml_blocks() -> list[tuple[str, str]]:
-    found = []
+    found = [(f"{path.relative_to(ROOT)}", path.read_text(encoding="utf-8")) for path in EXAMPLES]
     for path in [*PAGES, ROOT / "README.md"]:
         for match in TOML_BLOCK.finditer(path.read_text(encoding="utf-8")):
             indent = len(match.group(1))
             body = "\n".join(line[indent:] for line in match.group(2).splitlines())
-            found.append((f"{path.relative_to(ROOT)}:{match.start()}", body))
+            if not body.lstrip().startswith("--8<--"):  # an included file: checked as EXAMPLES
+                found.append((f"{path.relative_to(ROOT)}:{match.start()}", body))
     return found
 
 
@@ -92,8 +103,9 @@ def _tags(model: type[BaseModel]) -> tuple[Any, ...]:
 def _unknown_keys(data: dict[str, Any], model: type[BaseModel], where: str) -> list[str]:
     """Keys in ``data`` that ``model`` (or, for a union, the member its tag names) does not have."""
     problems = []
+    fields = {info.alias or name: info for name, info in model.model_fields.items()}
     for key, value in data.items():
-        info = model.model_fields.get(key)
+        info = fields.get(key)
         if info is None:
             problems.append(f"{where}.{key}")
             continue
@@ -110,7 +122,9 @@ def _unknown_keys(data: dict[str, Any], model: type[BaseModel], where: str) -> l
 @pytest.mark.parametrize(("where", "body"), _toml_blocks(), ids=[w for w, _ in _toml_blocks()])
 def test_every_toml_example_uses_only_keys_the_code_knows(where: str, body: str) -> None:
     data = tomllib.loads(body)
-    assert _unknown_keys(data, cfg.Config, "") == []
+    # A rules file has [[rules]] / [[calendars]] arrays; a config file has tables.
+    is_rules = isinstance(data.get("rules"), list) or "calendars" in data
+    assert _unknown_keys(data, RulesFile if is_rules else cfg.Config, "") == []
 
 
 def test_the_deploy_config_loads(tmp_path: Path) -> None:
