@@ -59,6 +59,9 @@ MEANINGS = {
     "store_unavailable": "The service could not record the decision first, so it sent nothing to the "
     "PBX; retry once the store is writable.",
     "internal_error": "A bug: the service's log has the traceback.",
+    "no_rules": "The service runs without a rules file (`[rules] path`).",
+    "invalid_rules": "The rules file cannot be used (the detail names the rule, the key and where); "
+    "the rules in force stay.",
     "invalid": "The engine refused an incomplete request (the API's validation normally answers first).",
 }
 
@@ -434,7 +437,9 @@ def render() -> str:
     ]
     errors = all_errors()
     for code in sorted({r.code for r in errors}):
-        lines.append(f"| `{code}` | {_cell(MEANINGS.get(code, ''))} |")
+        # A code with no meaning written here yet shows the sentence the code itself gives.
+        meaning = MEANINGS.get(code) or next(r.detail for r in errors if r.code == code)
+        lines.append(f"| `{code}` | {_cell(meaning)} |")
     lines += ["", "| status | code | detail |", "|---|---|---|", *_error_rows(errors), ""]
     return "\n".join(lines)
 
