@@ -150,7 +150,15 @@ class Recorder(Observer):
         self._write(frame_line(self._offset(at), self._redact.text(text)))
 
     def pbx_request(
-        self, endpoint: str, body: dict[str, Any], answer: dict[str, Any] | None, result: str, seconds: float
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        answer: dict[str, Any] | None,
+        result: str,
+        seconds: float,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self._write(
             RequestLine(
@@ -280,10 +288,24 @@ class Tee(Observer):
             observer.raw_frame(text, at)
 
     def pbx_request(
-        self, endpoint: str, body: dict[str, Any], answer: dict[str, Any] | None, result: str, seconds: float
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        answer: dict[str, Any] | None,
+        result: str,
+        seconds: float,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         for observer in self._observers:
-            observer.pbx_request(endpoint, body, answer, result, seconds)
+            observer.pbx_request(
+                endpoint, body, answer, result, seconds, status=status, retry_after=retry_after
+            )
+
+    def unmapped_state(self, state: str, personality: str) -> None:
+        for observer in self._observers:
+            observer.unmapped_state(state, personality)
 
     def reconnect(self) -> None:
         for observer in self._observers:

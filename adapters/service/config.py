@@ -34,6 +34,7 @@ from engine.model import Policy
 SECRET_ENV: dict[str, tuple[str, str]] = {
     "XFERD_PBX_CLIENT_SECRET": ("pbx", "client_secret"),
     "XFERD_PBX_ACCESS_TOKEN": ("pbx", "access_token"),
+    "XFERD_PBX_REFRESH_TOKEN": ("pbx", "refresh_token"),
     "XFERD_WEBHOOK_SECRET": ("pbx", "webhook_secret"),
     "XFERD_API_TOKEN": ("api", "token"),
 }
@@ -70,10 +71,20 @@ class YeastarPbx(_Table):
     _url = field_validator("base_url")(_http_url)
 
 
+#: The name of the single ``[pbx]`` table: its key in the credential store.
+DEFAULT_PBX_NAME = "default"
+
+
 class WebexPbx(_Table):
     kind: Literal["webex"]
     base_url: NonEmpty = "https://webexapis.com/v1"
-    access_token: Secret
+    # Either a static token (a personal access token: 12 hours, for a try-out)...
+    access_token: Secret | None = None
+    # ...or an integration, whose tokens renew themselves (adapters.webex.oauth).  The refresh
+    # token may instead come from the store, where `xferd webex authorize` puts it.
+    client_id: NonEmpty | None = None
+    client_secret: Secret | None = None
+    refresh_token: Secret | None = None
     webhook_secret: Secret
     events: Literal["webhook", "poll"] = "webhook"
     public_url: NonEmpty | None = None
@@ -92,6 +103,34 @@ class WebexPbx(_Table):
         if value < 0.1:
             raise ValueError("at least 0.1 seconds (Webex rate-limits the API)")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> WebexPbx:
+        oauth = [
+            key for key in ("client_id", "client_secret", "refresh_token") if getattr(self, key) is not None
+        ]
+        if self.access_token is not None and oauth:
+            raise _KeyError(
+                ("pbx", "access_token"),
+                f"give either access_token or an integration's client_id/client_secret, not both "
+                f"(also set: {', '.join(oauth)})",
+            )
+        if self.access_token is None and self.client_id is None:
+            raise _KeyError(
+                ("pbx", "access_token"), "required (or an integration's client_id and client_secret)"
+            )
+        if self.client_id is not None and self.client_secret is None:
+            raise _KeyError(
+                ("pbx", "client_secret"), "required with client_id (or env XFERD_PBX_CLIENT_SECRET)"
+            )
+        if self.client_id is None and oauth:
+            raise _KeyError(("pbx", "client_id"), f"required with {oauth[0]}")
+        return self
+
+    @property
+    def oauth(self) -> bool:
+        """Tokens from an integration (renewing) rather than a static access token."""
+        return self.client_id is not None
 
 
 class ApiConfig(_Table):
@@ -149,10 +188,6 @@ class Config(_Table):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
-        if self.record.path is not None and self.pbx.kind != "yeastar":
-            raise _KeyError(
-                ("record", "path"), 'only with [pbx] kind = "yeastar" (Webex runs cannot be replayed yet)'
-            )
         if self.api.token is None and not is_loopback(self.api.host):
             raise _KeyError(("api", "token"), "required when [api].listen is not a loopback address")
         if self.pbx.kind == "webex" and self.policy.on_answer == "threeway":

@@ -12,17 +12,18 @@ import contextlib
 import signal
 import socket
 from collections.abc import Iterator
+from typing import Any
 
 import uvicorn
 
-from adapters.base import Observer, PbxAdapter
+from adapters.base import CredentialStore, Observer, PbxAdapter
 from adapters.replay.recorder import Recorder, RecordingRuntime, Tee
 from adapters.service.api import create_app
-from adapters.service.config import Config
+from adapters.service.config import DEFAULT_PBX_NAME, Config
 from adapters.service.logs import get_logger, redactor
 from adapters.service.metrics import Metrics, MetricsObserver
 from adapters.service.runtime import Runtime
-from adapters.service.store import SqliteStore
+from adapters.service.store import SqliteStore, StoredCredentials
 from engine.engine import Engine
 
 log = get_logger("xferd.service")
@@ -30,8 +31,14 @@ log = get_logger("xferd.service")
 REQUEST_TIMEOUT_S = 5.0
 
 
-def build_adapter(config: Config, observer: Observer) -> PbxAdapter:
-    """The platform adapter named by ``[pbx].kind`` (imported lazily: each pulls its own deps)."""
+def build_adapter(
+    config: Config, observer: Observer, credentials: CredentialStore | None = None
+) -> PbxAdapter:
+    """The platform adapter named by ``[pbx].kind`` (imported lazily: each pulls its own deps).
+
+    ``credentials``: where this PBX connection keeps credentials that change
+    while it runs (a Webex integration's refresh token).
+    """
     pbx = config.pbx
     if pbx.kind == "yeastar":
         from adapters.yeastar.adapter import YeastarAdapter
@@ -47,10 +54,17 @@ def build_adapter(config: Config, observer: Observer) -> PbxAdapter:
             request_timeout_s=REQUEST_TIMEOUT_S,
         )
     from adapters.webex.adapter import WebexAdapter
+    from adapters.webex.oauth import integration
 
+    oauth = None
+    if pbx.client_id is not None and pbx.client_secret is not None:
+        refresh_token = pbx.refresh_token.get_secret_value() if pbx.refresh_token else None
+        secret = pbx.client_secret.get_secret_value()
+        oauth = integration(pbx.base_url, pbx.client_id, secret, refresh_token, credentials, observer)
     return WebexAdapter(
         pbx.base_url,
-        access_token=pbx.access_token.get_secret_value(),
+        access_token=pbx.access_token.get_secret_value() if pbx.access_token else None,
+        oauth=oauth,
         webhook_secret=pbx.webhook_secret.get_secret_value(),
         events=pbx.events,
         public_url=pbx.public_url,
@@ -65,8 +79,23 @@ def secrets_of(config: Config) -> list[str]:
     """Every secret value in ``config`` (for the log redactor)."""
     pbx = config.pbx
     values = [config.api.token]
-    values += [pbx.client_secret] if pbx.kind == "yeastar" else [pbx.access_token, pbx.webhook_secret]
+    if pbx.kind == "yeastar":
+        values += [pbx.client_secret]
+    else:
+        values += [pbx.access_token, pbx.webhook_secret, pbx.client_secret, pbx.refresh_token]
     return [value.get_secret_value() for value in values if value is not None]
+
+
+#: The ``credentials.kind`` each platform keeps in the store.
+CREDENTIAL_KIND = {"yeastar": "yeastar_tokens", "webex": "webex_oauth"}
+
+
+def recorded_settings(config: Config) -> dict[str, Any]:
+    """The PBX settings a replay needs besides the policy (``meta.pbx`` of a recording)."""
+    pbx = config.pbx
+    if pbx.kind == "webex":
+        return {"events": pbx.events, "user_number": pbx.user_number}
+    return {}
 
 
 class _Uvicorn(uvicorn.Server):
@@ -90,6 +119,7 @@ class Service:
         self.observer = observer or MetricsObserver(self.metrics)
         redactor.add(secrets_of(config))
         self.store = SqliteStore(config.store.path)
+        credentials = StoredCredentials(self.store, DEFAULT_PBX_NAME, CREDENTIAL_KIND[config.pbx.kind])
         engine = Engine(config.policy.engine_policy())
         self.recorder: Recorder | None = None
         if config.record.path is not None:
@@ -98,16 +128,17 @@ class Service:
             self.recorder = Recorder.open(
                 config.record.path,
                 name=config.record.path.stem,
-                platform="yeastar",
+                platform=config.pbx.kind,
                 policy=config.policy.engine_policy(),
                 secrets=secrets_of(config),
+                pbx=recorded_settings(config),
             )
-            self.adapter = adapter or build_adapter(config, Tee(self.observer, self.recorder))
+            self.adapter = adapter or build_adapter(config, Tee(self.observer, self.recorder), credentials)
             self.runtime: Runtime = RecordingRuntime(
                 engine, self.adapter, self.store, self.metrics, recorder=self.recorder
             )
         else:
-            self.adapter = adapter or build_adapter(config, self.observer)
+            self.adapter = adapter or build_adapter(config, self.observer, credentials)
             self.runtime = Runtime(engine, self.adapter, self.store, self.metrics)
         token = config.api.token.get_secret_value() if config.api.token else None
         user_number = config.pbx.user_number if config.pbx.kind == "webex" else None

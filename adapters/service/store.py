@@ -13,11 +13,19 @@ is cheap next to a PBX round trip.
 
 The interface (:class:`TransferStore`) is deliberately small so a shared store
 (several instances, one PBX) can replace this one later.
+
+The store also keeps credentials that change while the service runs (a Webex
+integration's latest refresh token): table ``credentials``, one JSON value
+per PBX connection and kind, handed to the adapter as a
+:class:`~adapters.base.CredentialStore` (:class:`StoredCredentials`).  So the
+file holds secrets: when the store creates it, it is readable by its owner
+only (mode 0600; SQLite gives its ``-wal``/``-shm`` files the same mode).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -42,6 +50,13 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     transfer_id  TEXT NOT NULL,
     created      REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS credentials (
+    pbx      TEXT NOT NULL,
+    kind     TEXT NOT NULL,
+    value    TEXT NOT NULL,
+    updated  REAL NOT NULL,
+    PRIMARY KEY (pbx, kind)
+);
 """
 
 
@@ -64,6 +79,8 @@ class TransferStore(Protocol):
     def recent(self, limit: int, state: str | None = None) -> list[dict[str, Any]]: ...
     def idempotency_get(self, key: str) -> tuple[str, str] | None: ...
     def idempotency_put(self, key: str, fingerprint: str, transfer_id: str) -> None: ...
+    def credentials_get(self, pbx: str, kind: str) -> dict[str, Any] | None: ...
+    def credentials_put(self, pbx: str, kind: str, value: Mapping[str, Any]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -76,6 +93,10 @@ class SqliteStore:
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 1.0) -> None:
         self.path = Path(path)
+        try:
+            _create_private(self.path)
+        except OSError as exc:
+            raise StoreError(f"store {self.path}: cannot create: {exc.strerror or exc}") from None
         try:
             # isolation_level=None: we open transactions ourselves, one per write.
             self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
@@ -143,6 +164,22 @@ class SqliteStore:
             (key, fingerprint, transfer_id, time.time()),
         )
 
+    def credentials_get(self, pbx: str, kind: str) -> dict[str, Any] | None:
+        """The credential value of ``kind`` stored for ``pbx``, or None."""
+        rows = self._read("SELECT value FROM credentials WHERE pbx = ? AND kind = ?", (pbx, kind))
+        if not rows:
+            return None
+        value = json.loads(rows[0][0])
+        return value if isinstance(value, dict) else None
+
+    def credentials_put(self, pbx: str, kind: str, value: Mapping[str, Any]) -> None:
+        """Replace the credential value of ``kind`` for ``pbx`` (fsynced, like a decision)."""
+        self._write(
+            "INSERT INTO credentials (pbx, kind, value, updated) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (pbx, kind) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+            (pbx, kind, json.dumps(dict(value), separators=(",", ":")), time.time()),
+        )
+
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close (a clean shutdown leaves one file)."""
         try:
@@ -177,3 +214,32 @@ class SqliteStore:
 
     def _error(self, what: str, exc: sqlite3.Error) -> StoreError:
         return StoreError(f"store {self.path}: {what}: {exc}")
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist (it will hold secrets)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.chmod(path, 0o600)  # whatever the umask said
+
+
+class StoredCredentials:
+    """One PBX connection's credentials of one kind, as an :class:`~adapters.base.CredentialStore`.
+
+    The store's calls are synchronous and quick (one row); a failed write
+    raises :class:`StoreError`, which the caller decides about.
+    """
+
+    def __init__(self, store: TransferStore, pbx: str, kind: str) -> None:
+        self._store = store
+        self.pbx = pbx
+        self.kind = kind
+
+    async def load(self) -> dict[str, Any] | None:
+        return self._store.credentials_get(self.pbx, self.kind)
+
+    async def save(self, value: dict[str, Any]) -> None:
+        self._store.credentials_put(self.pbx, self.kind, value)

@@ -145,7 +145,7 @@ def test_tee_hands_every_hook_to_every_observer() -> None:
         def raw_frame(self, text: str, at: float) -> None:
             calls.append(("raw_frame", self.n))
 
-        def pbx_request(self, *args: Any) -> None:
+        def pbx_request(self, *args: Any, **kwargs: Any) -> None:
             calls.append(("pbx_request", self.n))
 
         def reconnect(self) -> None:
