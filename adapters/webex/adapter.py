@@ -182,12 +182,15 @@ class WebexAdapter:
         observer: Observer | None = None,
         clock: Clock = time.time,
         request_timeout_s: float = 5.0,
+        logger: Any = None,
     ) -> None:
         """Exactly one of ``access_token`` (static), ``oauth`` (an integration)
-        or ``client`` (a client of its own: a replay) says how requests go."""
+        or ``client`` (a client of its own: a replay) says how requests go.
+        ``logger`` replaces this module's (a replay keeps quiet)."""
         if sum(x is not None for x in (access_token, oauth, client)) != 1:
             raise ValueError("give exactly one of access_token, oauth or client")
         self._observer = observer or Observer()
+        self._log = logger if logger is not None else log
         self._oauth = oauth
         if client is None:
             tokens = oauth if oauth is not None else access_token
@@ -235,7 +238,7 @@ class WebexAdapter:
         if (connected, detail) == (self._connected, self._detail):
             return
         self._connected, self._detail = connected, detail
-        log.info("webex_link", connected=connected, detail=detail)
+        self._log.info("webex_link", connected=connected, detail=detail)
         self._observer.link(connected, detail)
 
     def _link_up_detail(self) -> str:
@@ -283,6 +286,11 @@ class WebexAdapter:
 
     # -- lifecycle -------------------------------------------------------
 
+    def attach(self, sink: EventSink) -> None:
+        """Deliver events to ``sink`` without starting: a replay feeds the
+        inputs itself (:meth:`accept_delivery`, :meth:`listed`)."""
+        self._sink = sink
+
     async def start(self, sink: EventSink) -> None:
         """Fetch the calls (a snapshot for the engine), register the webhook
         if ``public_url`` is set, start polling in poll mode.
@@ -291,7 +299,7 @@ class WebexAdapter:
         retries the start-up steps in the background, poll mode just polls.
         """
         if self._mode == "webhook" and not self._webhook_secret:
-            log.warning("webex_webhook_secret_missing", effect="every webhook delivery will be refused")
+            self._log.warning("webex_webhook_secret_missing", effect="every webhook delivery will be refused")
         if self._oauth is not None:
             await self._oauth.start()
         self._sink = sink
@@ -324,7 +332,7 @@ class WebexAdapter:
         except WebexError as error:
             if error.status == 401:
                 raise
-            log.warning("webex_start_incomplete", error=error.message, status=error.status)
+            self._log.warning("webex_start_incomplete", error=error.message, status=error.status)
             return False
         return True
 
@@ -342,7 +350,7 @@ class WebexAdapter:
         for hook in (listing or {}).get("items") or []:
             if isinstance(hook, dict) and hook.get("targetUrl") == target_url and hook.get("id"):
                 await self._request("DELETE", f"/webhooks/{hook['id']}", endpoint="/webhooks/{id}")
-                log.info("webex_stale_webhook_deleted", webhook_id=hook["id"])
+                self._log.info("webex_stale_webhook_deleted", webhook_id=hook["id"])
         body: dict[str, Any] = {
             "name": WEBHOOK_NAME,
             "targetUrl": target_url,
@@ -352,7 +360,7 @@ class WebexAdapter:
         if self._webhook_secret:
             body["secret"] = self._webhook_secret
         self._webhook_id = _text(await self._request("POST", "/webhooks", body), "id")
-        log.info("webex_webhook_registered", webhook_id=self._webhook_id, target_url=target_url)
+        self._log.info("webex_webhook_registered", webhook_id=self._webhook_id, target_url=target_url)
 
     async def close(self) -> None:
         """Stop polling, delete our webhook, close the HTTP client."""
@@ -365,7 +373,9 @@ class WebexAdapter:
             try:
                 await self._request("DELETE", f"/webhooks/{self._webhook_id}", endpoint="/webhooks/{id}")
             except WebexError as error:
-                log.warning("webex_webhook_delete_failed", webhook_id=self._webhook_id, error=error.message)
+                self._log.warning(
+                    "webex_webhook_delete_failed", webhook_id=self._webhook_id, error=error.message
+                )
             self._webhook_id = None
         await self._client.aclose()
         if self._oauth is not None:
@@ -561,7 +571,7 @@ class WebexAdapter:
             self._observer.unmapped_state(state, personality)
             if call.call_id not in self._unmapped_logged:
                 self._unmapped_logged.add(call.call_id)
-                log.warning(
+                self._log.warning(
                     "webex_unmapped_state",
                     call_id=call.call_id,
                     state=state,
@@ -639,7 +649,7 @@ class WebexAdapter:
         try:
             payload = await self._request("GET", CALLS, retry_throttled=False, endpoint=RECONCILE)
         except WebexError as error:
-            log.info("webex_reconcile_skipped", error=error.message, status=error.status)
+            self._log.info("webex_reconcile_skipped", error=error.message, status=error.status)
             return
         self.vanished(before, {call.call_id for call in self._parse_calls(payload)})
 
@@ -649,7 +659,7 @@ class WebexAdapter:
         for call_id in sorted(before - listed):
             tracked = self._tracked.get(call_id)
             if tracked is not None:  # a delivery may have ended it while we waited
-                log.info("webex_call_vanished", call_id=call_id)
+                self._log.info("webex_call_vanished", call_id=call_id)
                 self._end(call_id, at, outgoing=tracked.outgoing, answered=tracked.answered)
 
     def _finished(
@@ -682,7 +692,7 @@ class WebexAdapter:
         try:
             await self._call_op("resume", call_id)
         except WebexError as error:
-            log.warning("webex_rollback_resume_failed", call_id=call_id, error=error.message)
+            self._log.warning("webex_rollback_resume_failed", call_id=call_id, error=error.message)
 
     def _consult_for(self, request: PbxRequest) -> _Consult:
         record = self._consults.get(request.transfer_id)

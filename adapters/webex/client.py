@@ -211,7 +211,8 @@ class WebexClient:
 
     ``access_token`` is a fixed token or a :class:`TokenSource` (an
     integration's renewing tokens).  ``exchange`` replaces HTTP (a replay);
-    ``sleep`` is how it waits out a ``Retry-After``.
+    ``sleep`` is how it waits out a ``Retry-After``; ``logger`` replaces this
+    module's.
     """
 
     def __init__(
@@ -225,12 +226,14 @@ class WebexClient:
         transport: httpx.AsyncBaseTransport | None = None,
         exchange: Exchange | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        logger: Any = None,
     ) -> None:
         self.tokens: TokenSource = (
             StaticToken(access_token) if isinstance(access_token, str) else access_token
         )
         self._budget = budget
         self._sleep = sleep
+        self._log = logger if logger is not None else log
         self._exchange: Exchange = exchange or HttpExchange(
             base_url, timeout_s=timeout_s, observer=observer, transport=transport
         )
@@ -280,7 +283,9 @@ class WebexClient:
                     or waited + delay > self._budget.max_wait_s
                 ):
                     raise
-                log.info("webex_throttled_retry", endpoint=label, status=error.status, retry_after_s=delay)
+                self._log.info(
+                    "webex_throttled_retry", endpoint=label, status=error.status, retry_after_s=delay
+                )
                 await self._sleep(delay)
                 waited += delay
                 attempt += 1
