@@ -38,6 +38,7 @@ from adapters.replay.recorder import Recorder, RecordingRuntime
 from adapters.service.metrics import Metrics
 from adapters.service.store import SqliteStore
 from adapters.webex.adapter import WEBHOOK_PATH, WebexAdapter
+from adapters.webex.oauth import integration
 from adapters.webex.simulator import LoopbackServer, SimVariant, WebexSimulator
 from adapters.yeastar.adapter import YeastarAdapter
 from adapters.yeastar.simulator import PbxSimulator, SimConfig
@@ -307,9 +308,16 @@ class WebexLiveRecording(_Live):
         events: Literal["webhook", "poll"] = "webhook",
         poll_interval_s: float = 0.05,
         request_timeout_s: float = 5.0,
+        oauth: bool = False,
+        setup: Callable[[WebexSimulator], object] | None = None,
     ) -> None:
+        """``oauth``: authenticate as an integration (renewing tokens) instead of
+        with the simulator's static token; ``setup``: change the simulated world
+        before the service starts (so its start-up listing sees it)."""
         super().__init__(out, name=name, description=description, policy=policy)
         self.sim = WebexSimulator(variant=variant)
+        self.oauth = oauth
+        self.setup = setup
         self.events = events
         self.poll_interval_s = poll_interval_s
         self.request_timeout_s = request_timeout_s
@@ -328,21 +336,29 @@ class WebexLiveRecording(_Live):
     async def _start_pbx(self) -> None:
         await self.sim.start()
         await self._listener.start()
+        if self.setup is not None:
+            self.setup(self.sim)
 
     async def _stop_pbx(self) -> None:
         await self._listener.stop()
         await self.sim.stop()
 
     def _secrets(self) -> list[str]:
-        return [self.sim.access_token, self.sim.webhook_secret]
+        return [self.sim.access_token, self.sim.webhook_secret, self.sim.client_secret]
 
     def _settings(self) -> dict[str, Any]:
         return {"events": self.events, "user_number": self.sim.user_number}
 
     def _adapter(self, observer: Observer) -> PbxAdapter:
+        sim = self.sim
+        oauth = None
+        if self.oauth:
+            refresh_token = sim.issue_refresh_token()
+            oauth = integration(sim.base_url, sim.client_id, sim.client_secret, refresh_token, None, observer)
         self.webex = WebexAdapter(
-            self.sim.base_url,
-            access_token=self.sim.access_token,
+            sim.base_url,
+            access_token=None if oauth else sim.access_token,
+            oauth=oauth,
             webhook_secret=self.sim.webhook_secret,
             events=self.events,
             public_url=f"http://127.0.0.1:{self._listener.port}" if self.events == "webhook" else None,

@@ -232,6 +232,7 @@ class WebexPbx:
             self._run(step, request, self._give(request.transfer_id, index))
             return
         if line.endpoint == CALLS and line.result == "ok":
+            host.report.frames += 1  # the event source, as a delivery is
             if host.notes:
                 items = (line.answer or {}).get("items")
                 host.note(at, "PBX", "xferd", f"calls listed: {len(items) if isinstance(items, list) else 0}")
