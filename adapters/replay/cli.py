@@ -5,8 +5,9 @@ each sets ``handler(args) -> exit code`` like the other subcommands.
 
 Exit codes: ``replay`` 0 when every scenario passed, 1 when one failed, 2
 for bad arguments or a bad scenario file (one line, no traceback);
-``record`` 0 after SIGINT/SIGTERM, 1 when the PBX refuses us for good, 2 for
-bad arguments or a bad config.
+``record`` 0 after SIGINT/SIGTERM, 1 when the PBX refuses us for good (or the
+store cannot be opened), 2 for bad arguments or a bad config.  Webex is
+recorded in poll mode (``record`` serves no webhook listener).
 """
 
 from __future__ import annotations
@@ -107,14 +108,18 @@ def record_command(args: argparse.Namespace) -> int:
     from adapters.replay.recorder import Recorder
     from adapters.service import logs
     from adapters.service.config import ConfigError, load
-    from adapters.service.server import secrets_of
+    from adapters.service.server import recorded_settings, secrets_of
+    from adapters.service.store import StoreError
 
     try:
         config = load(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
-    if config.pbx.kind != "yeastar":
-        return _fail(f"config error in {args.config}: [pbx].kind: record supports 'yeastar' only")
+    if config.pbx.kind == "webex" and config.pbx.events != "poll":
+        return _fail(
+            f"config error in {args.config}: [pbx].events: 'poll' for `xferd record` (it serves no webhook "
+            "listener; to record webhook deliveries, set [record] path in the service's config)"
+        )
     logs.redactor.add(secrets_of(config))
     logs.configure("console", logging.WARNING)
     out = Path(args.out)
@@ -126,6 +131,7 @@ def record_command(args: argparse.Namespace) -> int:
             policy=config.policy.engine_policy(),
             secrets=secrets_of(config),
             description=f"recorded by xferd record from {config.pbx.base_url}",
+            pbx=recorded_settings(config),
         )
     except OSError as exc:
         return _fail(f"cannot write {out}: {exc.strerror or exc}")
@@ -134,6 +140,8 @@ def record_command(args: argparse.Namespace) -> int:
         asyncio.run(_record_until_signalled(config, recorder))
     except FatalPbxError as exc:
         return _fail(f"PBX: {exc}", 1)
+    except StoreError as exc:
+        return _fail(str(exc), 1)
     finally:
         recorder.close()
     sys.stderr.write(f"xferd: {recorder.lines} lines written to {out}\n")
@@ -155,16 +163,23 @@ async def record(config: Config, recorder: Recorder, stop: asyncio.Event) -> Non
     in, ``call/query``) and the reconciliation snapshots it delivered after
     each (re)connect — the inputs a replay needs to rebuild the calls.
     """
-    from adapters.service.server import build_adapter
+    from adapters.service.config import DEFAULT_PBX_NAME
+    from adapters.service.server import CREDENTIAL_KIND, build_adapter
+    from adapters.service.store import SqliteStore, StoredCredentials
 
-    adapter = build_adapter(config, recorder)
-
-    def sink(event: Event) -> None:
-        if isinstance(event, CallsSnapshot):
-            recorder.snapshot(event)
-
-    await adapter.start(sink)
+    store = SqliteStore(config.store.path)  # a Webex integration's refresh token lives there
     try:
-        await stop.wait()
+        credentials = StoredCredentials(store, DEFAULT_PBX_NAME, CREDENTIAL_KIND[config.pbx.kind])
+        adapter = build_adapter(config, recorder, credentials)
+
+        def sink(event: Event) -> None:
+            if isinstance(event, CallsSnapshot):
+                recorder.snapshot(event)
+
+        await adapter.start(sink)
+        try:
+            await stop.wait()
+        finally:
+            await adapter.close()
     finally:
-        await adapter.close()
+        store.close()

@@ -30,8 +30,10 @@ from pydantic import (
 
 from engine.model import Policy
 
-#: Environment variables that override (or supply) secrets: (table, key) per variable.
+#: Environment variables that override (or supply) secrets — and the client id that goes
+#: with a client secret: (table, key) per variable.
 SECRET_ENV: dict[str, tuple[str, str]] = {
+    "XFERD_PBX_CLIENT_ID": ("pbx", "client_id"),
     "XFERD_PBX_CLIENT_SECRET": ("pbx", "client_secret"),
     "XFERD_PBX_ACCESS_TOKEN": ("pbx", "access_token"),
     "XFERD_PBX_REFRESH_TOKEN": ("pbx", "refresh_token"),

@@ -86,7 +86,7 @@ def secrets_of(config: Config) -> list[str]:
     return [value.get_secret_value() for value in values if value is not None]
 
 
-#: The ``credentials.kind`` each platform keeps in the store.
+#: The ``credentials.kind`` each platform keeps in the store (``adapters.webex.oauth.CREDENTIAL_KIND``).
 CREDENTIAL_KIND = {"yeastar": "yeastar_tokens", "webex": "webex_oauth"}
 
 

@@ -417,6 +417,7 @@ class OAuthTokens:
     def _set_problem(self, problem: str | None) -> None:
         if problem != self._problem:
             self._problem = problem
+            self._wake.set()  # the renewer waits for the due time: now it must retry instead
             self.on_problem(problem)
 
     def _renew_at(self) -> float:
@@ -430,16 +431,20 @@ class OAuthTokens:
         back-off for a passing failure; refused, a short fixed interval, each
         try only reading the store until it holds another refresh token."""
         delay = self._retry_first_s
+        renewed = False
         while True:
             if self._problem is None and self._refused is None:
-                wait = self._renew_at() - self._clock()
+                # Never renew more often than retry_first_s, whatever lifetime Webex grants.
+                wait = max(self._renew_at() - self._clock(), self._retry_first_s if renewed else 0.0)
                 if wait > 0:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(wait):
                             await self._wake.wait()  # a 401-driven refresh moved the due time
+                    renewed = False
                     continue
-            if await self._refresh_shared():
+            renewed = await self._refresh_shared()
+            if renewed:
                 delay = self._retry_first_s
                 continue
             grant = self._grant

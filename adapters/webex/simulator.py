@@ -259,6 +259,8 @@ class WebexSimulator:
         self.refresh_token_lifetime_s = 7775999.0
         #: hand out a new refresh token with every refresh (whether Webex does is unconfirmed)
         self.rotate_refresh_tokens = True
+        #: refuse every access token the token endpoint issues, even a fresh one (a scope problem)
+        self.refuse_issued_tokens = False
         self._oauth = _OAuth()
         self.requests: list[SimRequest] = []
         self.deliveries: list[Delivery] = []
@@ -652,7 +654,7 @@ class WebexSimulator:
         if token == self.access_token:
             return not self._token_expired
         expires = self._oauth.access.get(token)
-        return expires is not None and expires > time.time()
+        return expires is not None and expires > time.time() and not self.refuse_issued_tokens
 
     def _grant(self) -> JSONResponse:
         now = time.time()
