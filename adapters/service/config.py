@@ -117,6 +117,8 @@ class WebexPbx(_Table):
                 f"give either access_token or an integration's client_id/client_secret, not both "
                 f"(also set: {', '.join(oauth)})",
             )
+        if self.client_id is None and oauth:
+            raise _KeyError(("pbx", "client_id"), f"required with {oauth[0]}")
         if self.access_token is None and self.client_id is None:
             raise _KeyError(
                 ("pbx", "access_token"), "required (or an integration's client_id and client_secret)"
@@ -125,8 +127,6 @@ class WebexPbx(_Table):
             raise _KeyError(
                 ("pbx", "client_secret"), "required with client_id (or env XFERD_PBX_CLIENT_SECRET)"
             )
-        if self.client_id is None and oauth:
-            raise _KeyError(("pbx", "client_id"), f"required with {oauth[0]}")
         return self
 
     @property

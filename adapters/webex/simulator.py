@@ -221,6 +221,7 @@ class _OAuth:
     access: dict[str, float] = field(default_factory=dict)
     refresh: dict[str, float] = field(default_factory=dict)
     codes: dict[str, str] = field(default_factory=dict)  # code -> redirect_uri
+    issued: list[str] = field(default_factory=list)  # every token handed out
 
 
 class _ApiError(Exception):
@@ -321,7 +322,12 @@ class WebexSimulator:
         """A refresh token of the integration, as if the user had authorized it earlier."""
         token = f"sim-refresh-{secrets.token_hex(8)}"
         self._oauth.refresh[token] = time.time() + self.refresh_token_lifetime_s
+        self._oauth.issued.append(token)
         return token
+
+    def issued_tokens(self) -> list[str]:
+        """Every access and refresh token the simulator handed out (to check none leaks)."""
+        return list(self._oauth.issued)
 
     def revoke_access_tokens(self) -> None:
         """Every access token the token endpoint issued is refused from now on (401)."""
@@ -662,6 +668,7 @@ class WebexSimulator:
         refresh = f"sim-refresh-{secrets.token_hex(8)}"
         self._oauth.access[access] = now + self.access_token_lifetime_s
         self._oauth.refresh[refresh] = now + self.refresh_token_lifetime_s
+        self._oauth.issued += [access, refresh]
         return JSONResponse(
             {
                 "access_token": access,

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -11,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from adapters.service.store import SqliteStore, StoreError
+from adapters.service.store import SqliteStore, StoredCredentials, StoreError
 
 
 def resource(transfer_id: str, state: str, created: str) -> dict[str, Any]:
@@ -87,3 +90,36 @@ def test_not_a_database(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="cannot open: file is not a database"):
         SqliteStore(path)
+
+
+def test_credentials_per_pbx_and_kind_and_a_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    store = SqliteStore(path)
+    try:
+        assert store.credentials_get("default", "webex_oauth") is None
+        store.credentials_put("default", "webex_oauth", {"refresh_token": "r1", "seed": None})
+        store.credentials_put("other", "webex_oauth", {"refresh_token": "r2"})
+        store.credentials_put("default", "webex_oauth", {"refresh_token": "r3", "seed": None})
+        assert store.credentials_get("default", "webex_oauth") == {"refresh_token": "r3", "seed": None}
+        assert store.credentials_get("other", "webex_oauth") == {"refresh_token": "r2"}
+        assert store.credentials_get("default", "yeastar_tokens") is None
+    finally:
+        store.close()
+    # the store created the file: it holds secrets, so only its owner may read it
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    again = SqliteStore(path)  # and a restart reads the newest value
+    try:
+        credentials = StoredCredentials(again, "default", "webex_oauth")
+        assert asyncio.run(credentials.load()) == {"refresh_token": "r3", "seed": None}
+        asyncio.run(credentials.save({"refresh_token": "r4"}))
+        assert again.credentials_get("default", "webex_oauth") == {"refresh_token": "r4"}
+    finally:
+        again.close()
+
+
+def test_an_existing_file_keeps_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite3"
+    SqliteStore(path).close()
+    os.chmod(path, 0o640)  # the admin chose this; the store does not second-guess it
+    SqliteStore(path).close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640

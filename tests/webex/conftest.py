@@ -200,10 +200,21 @@ def free_loopback_port() -> int:
 class WebexXferd(ApiClient):
     """One ``xferd run`` subprocess on Webex: its JSON log lines, its API, signals."""
 
-    def __init__(self, config: Path, sim: WebexSimulator, *, access_token: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        sim: WebexSimulator,
+        *,
+        access_token: str | None = None,
+        refresh_token: str | None = None,
+    ) -> None:
+        """``refresh_token``: run as an integration (the config names ``client_id``;
+        its secret and this refresh token come from the environment) instead of
+        with the simulator's static access token."""
         self.config = config
         self.sim = sim
         self.access_token = access_token if access_token is not None else sim.access_token
+        self.refresh_token = refresh_token
         self.lines: list[str] = []
         self.port = 0
         self.proc: asyncio.subprocess.Process | None = None
@@ -212,10 +223,13 @@ class WebexXferd(ApiClient):
         self._reader: asyncio.Task[None] | None = None
 
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "XFERD_PBX_ACCESS_TOKEN": self.access_token,
-            "XFERD_WEBHOOK_SECRET": self.sim.webhook_secret,
+        env = {**os.environ, "XFERD_WEBHOOK_SECRET": self.sim.webhook_secret}
+        if self.refresh_token is None:
+            return env | {"XFERD_PBX_ACCESS_TOKEN": self.access_token}
+        env = {key: value for key, value in env.items() if key != "XFERD_PBX_ACCESS_TOKEN"}
+        return env | {
+            "XFERD_PBX_CLIENT_SECRET": self.sim.client_secret,
+            "XFERD_PBX_REFRESH_TOKEN": self.refresh_token,
         }
 
     async def start(self, *, deliver: bool = True) -> WebexXferd:
