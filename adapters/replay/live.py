@@ -27,19 +27,14 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
-
 from adapters.base import EventSink, Observer, PbxAdapter
 from adapters.replay.format import ExpectLine, FinalExpect, RequestPattern, dump_line
 from adapters.replay.recorder import Recorder, RecordingRuntime
 from adapters.service.metrics import Metrics
 from adapters.service.store import SqliteStore
-from adapters.webex.adapter import WEBHOOK_PATH, WebexAdapter
+from adapters.webex.adapter import WebexAdapter
 from adapters.webex.oauth import integration
-from adapters.webex.simulator import LoopbackServer, SimVariant, WebexSimulator
+from adapters.webex.simulator import SimVariant, WebexSimulator, WebhookReceiver
 from adapters.yeastar.adapter import YeastarAdapter
 from adapters.yeastar.simulator import PbxSimulator, SimConfig
 from engine.engine import Engine
@@ -321,17 +316,7 @@ class WebexLiveRecording(_Live):
         self.events = events
         self.poll_interval_s = poll_interval_s
         self.request_timeout_s = request_timeout_s
-        self.webex: WebexAdapter | None = None
-        self._listener = LoopbackServer(
-            Starlette(routes=[Route(WEBHOOK_PATH, self._receive, methods=["POST"])])
-        )
-
-    async def _receive(self, request: Request) -> Response:
-        assert self.webex is not None
-        status = await self.webex.handle_webhook(
-            await request.body(), request.headers.get("x-spark-signature")
-        )
-        return Response(status_code=status)
+        self._listener = WebhookReceiver()
 
     async def _start_pbx(self) -> None:
         await self.sim.start()
@@ -355,19 +340,20 @@ class WebexLiveRecording(_Live):
         if self.oauth:
             refresh_token = sim.issue_refresh_token()
             oauth = integration(sim.base_url, sim.client_id, sim.client_secret, refresh_token, None, observer)
-        self.webex = WebexAdapter(
+        adapter = WebexAdapter(
             sim.base_url,
             access_token=None if oauth else sim.access_token,
             oauth=oauth,
             webhook_secret=self.sim.webhook_secret,
             events=self.events,
-            public_url=f"http://127.0.0.1:{self._listener.port}" if self.events == "webhook" else None,
+            public_url=self._listener.public_url if self.events == "webhook" else None,
             poll_interval_s=self.poll_interval_s,
             user_number=self.sim.user_number,
             observer=observer,
             request_timeout_s=self.request_timeout_s,
         )
-        return self.webex
+        self._listener.adapter = adapter
+        return adapter
 
     async def _ready(self) -> None:
         await super()._ready()

@@ -47,7 +47,7 @@ import heapq
 import itertools
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -395,16 +395,7 @@ class _YeastarPbx:
         return False
 
     def leftovers(self) -> list[str]:
-        inputs = self.host.scenario.inputs
-        left = []
-        for queue in self.answers.values():
-            for index in queue:
-                line = inputs[index]
-                assert isinstance(line, RequestLine)
-                left.append(
-                    f"+{line.at:.3f} s: the recording has {_recorded_text(line)}, which the replay never made"
-                )
-        return left
+        return unclaimed(self.host.scenario.inputs, self.answers.values(), _recorded_text)
 
 
 # ----------------------------------------------------------------------------------
@@ -665,8 +656,27 @@ def _recorded_text(line: RequestLine) -> str:
         action, channel, number = key
         what = f"{action} → {number}" if number else action
         return f"{what} ({channel}) answered {line.result}"
+    return request_text(line)
+
+
+def request_text(line: RequestLine) -> str:
+    """A recorded request as a person reads it: endpoint, plain body fields, result (and HTTP status)."""
     params = " ".join(f"{k}={v}" for k, v in line.body.items() if isinstance(v, str | int))
-    return f"{line.endpoint}{' ' + params if params else ''} → {line.result}"
+    status = f" {line.status}" if line.status else ""
+    return f"{line.endpoint}{' ' + params if params else ''} → {line.result}{status}"
+
+
+def unclaimed(
+    inputs: Sequence[Input], queues: Iterable[Iterable[int]], text: Callable[[RequestLine], str]
+) -> list[str]:
+    """A divergence per recorded answer left in ``queues`` (line indexes): the replay never made it."""
+    left = []
+    for queue in queues:
+        for index in queue:
+            line = inputs[index]
+            assert isinstance(line, RequestLine)
+            left.append(f"+{line.at:.3f} s: the recording has {text(line)}, which the replay never made")
+    return left
 
 
 def _state_text(state: str, reason: str | None) -> str:

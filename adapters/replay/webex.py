@@ -53,6 +53,7 @@ import structlog
 
 from adapters.base import Observer
 from adapters.replay.format import FrameLine, RequestLine, Scenario, compact
+from adapters.replay.runner import request_text, unclaimed
 from adapters.webex.adapter import CALLS, RECONCILE, WebexAdapter
 from adapters.webex.client import ErrorKind, WebexClient, WebexError, redact
 from engine.model import (
@@ -240,9 +241,9 @@ class WebexPbx:
         elif line.endpoint == CALLS:
             self.adapter.listing_failed(_error_of(line))
             if host.notes:
-                host.note(at, "PBX", "xferd", f"calls listing failed: {_recorded_text(line)}")
+                host.note(at, "PBX", "xferd", f"calls listing failed: {request_text(line)}")
         elif host.notes and not self._claimable(index, line):
-            host.note(at, "xferd", "PBX", _recorded_text(line))
+            host.note(at, "xferd", "PBX", request_text(line))
 
     def _claimable(self, index: int, line: RequestLine) -> bool:
         """Whether a request still to come may claim this answer (said when claimed)."""
@@ -314,7 +315,7 @@ class WebexPbx:
         line = self.host.scenario.inputs[index]
         assert isinstance(line, RequestLine)
         if self.host.notes:
-            self.host.note(self.host.now, "xferd", "PBX", _recorded_text(line))
+            self.host.note(self.host.now, "xferd", "PBX", request_text(line))
         return line
 
     def _claim(self, waiting: _Awaiting, transfer_id: str) -> int | None:
@@ -334,16 +335,7 @@ class WebexPbx:
         return None
 
     def leftovers(self) -> list[str]:
-        inputs = self.host.scenario.inputs
-        left = []
-        for queue in self.queues.values():
-            for index in queue:
-                line = inputs[index]
-                assert isinstance(line, RequestLine)
-                left.append(
-                    f"+{line.at:.3f} s: the recording has {_recorded_text(line)}, which the replay never made"
-                )
-        return left
+        return unclaimed(self.host.scenario.inputs, self.queues.values(), request_text)
 
 
 # -- words for humans -----------------------------------------------------------
@@ -355,12 +347,6 @@ def _error_of(line: RequestLine) -> WebexError:
     except WebexError as error:
         return error
     raise AssertionError("only for a failed request")  # pragma: no cover - callers check the result
-
-
-def _recorded_text(line: RequestLine) -> str:
-    body = " ".join(f"{k}={v}" for k, v in line.body.items() if isinstance(v, str | int))
-    status = f" {line.status}" if line.status else ""
-    return f"{line.endpoint}{' ' + body if body else ''} → {line.result}{status}"
 
 
 def _delivery_text(line: FrameLine) -> str:

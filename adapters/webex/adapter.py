@@ -79,6 +79,7 @@ import structlog
 from adapters.base import Clock, EventSink, FatalPbxError, Observer
 from adapters.webex.client import WebexClient, WebexError
 from adapters.webex.events import (
+    WEBHOOK_PATH,
     WebexCall,
     call_ended,
     call_id_of,
@@ -102,8 +103,6 @@ from engine.model import (
 log = structlog.get_logger(__name__)
 
 DEFAULT_BASE_URL = "https://webexapis.com/v1"
-#: Where the control API receives deliveries (contract §3.7).
-WEBHOOK_PATH = "/v1/webhooks/webex"
 WEBHOOK_NAME = "xferd telephony_calls"
 TOKEN_REFUSED = "token expired or invalid"
 NO_THREEWAY = "Webex Calling has no three-way call control"

@@ -105,6 +105,8 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from engine.model import CallEnded, CallFailed, Event, Member
 
+#: Where the control API receives deliveries (contract §3.7); the adapter registers it.
+WEBHOOK_PATH = "/v1/webhooks/webex"
 #: Suffix that turns a user's callId into the channel id of the remote party.
 REMOTE_SUFFIX = "/remote"
 #: The reason carried by :class:`CallFailed` — Webex does not say why.

@@ -67,6 +67,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
+from adapters.webex.events import WEBHOOK_PATH
+
 log = structlog.get_logger(__name__)
 
 USER_NUMBER = "+15550001000"
@@ -116,6 +118,37 @@ class LoopbackServer:
         self._server.should_exit = True
         await self._task
         self._task = None
+
+
+class WebhookReceiver:
+    """The control API's ``POST /v1/webhooks/webex`` alone, on loopback,
+    forwarding each delivery to :attr:`adapter` (anything with the Webex
+    adapter's ``handle_webhook``): for tests and live recordings that run an
+    adapter without the whole service."""
+
+    def __init__(self) -> None:
+        self.adapter: Any = None
+        self._server = LoopbackServer(
+            Starlette(routes=[Route(WEBHOOK_PATH, self._receive, methods=["POST"])])
+        )
+
+    async def _receive(self, request: Request) -> Response:
+        assert self.adapter is not None, "set the adapter before deliveries can arrive"
+        status = await self.adapter.handle_webhook(
+            await request.body(), request.headers.get("x-spark-signature")
+        )
+        return Response(status_code=int(status))
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+    @property
+    def public_url(self) -> str:
+        """What the adapter's ``public_url`` should be for deliveries to reach it."""
+        return f"http://127.0.0.1:{self._server.port}"
 
 
 @dataclass(slots=True)

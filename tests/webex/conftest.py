@@ -15,12 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from adapters.webex import WEBHOOK_PATH, LoopbackServer, WebexAdapter, WebexSimulator
+from adapters.webex import WEBHOOK_PATH, WebexAdapter, WebexSimulator, WebhookReceiver
 from engine.model import CallEnded, CallFailed, CallUpdated, Event, Member
 from tests.service.conftest import API_TOKEN, XFERD, ApiClient, until_http
 from tests.support import RecordingObserver
@@ -68,33 +64,6 @@ class Sink:
 
     async def wait_last(self, call_id: str, statuses: tuple[str, ...], timeout: float = 5.0) -> None:  # noqa: ASYNC109
         await self.wait_for(lambda: self.last(call_id) == statuses, timeout)
-
-
-class WebhookReceiver:
-    """The control API's ``POST /v1/webhooks/webex`` alone, forwarding to the adapter under test."""
-
-    def __init__(self) -> None:
-        self.adapter: WebexAdapter | None = None
-        self._server = LoopbackServer(
-            Starlette(routes=[Route(WEBHOOK_PATH, self._receive, methods=["POST"])])
-        )
-
-    async def _receive(self, request: Request) -> Response:
-        assert self.adapter is not None
-        status = await self.adapter.handle_webhook(
-            await request.body(), request.headers.get("x-spark-signature")
-        )
-        return Response(status_code=status)
-
-    async def start(self) -> None:
-        await self._server.start()
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    @property
-    def public_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.port}"
 
 
 MakeAdapter = Callable[..., Awaitable[WebexAdapter]]
