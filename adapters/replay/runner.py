@@ -296,13 +296,19 @@ def _members(members: Iterable[Member]) -> str:
     return ", ".join(f"{m.number or '?'} {m.status} ({m.channel_id})" for m in members) or "no members"
 
 
-def _event_text(event: Event) -> str:
+#: The Yeastar event that tells each kind of change, as the timeline names it.
+_YEASTAR_CODES: dict[type, str] = {CallUpdated: "30011 ", CallEnded: "30012 ", CallFailed: "30015 "}
+
+
+def event_text(event: Event, codes: dict[type, str] = _YEASTAR_CODES) -> str:
+    """An engine event as a timeline row; ``codes``: the platform's name for each kind."""
+    code = codes.get(type(event), "")
     if isinstance(event, CallUpdated):
-        return f"30011 call {event.call_id}: {_members(event.members)}"
+        return f"{code}call {event.call_id}: {_members(event.members)}"
     if isinstance(event, CallEnded):
-        return f"30012 call {event.call_id} ended"
+        return f"{code}call {event.call_id} ended"
     if isinstance(event, CallFailed):
-        return f"30015 call {event.call_id} failed: {event.reason or 'no reason'}"
+        return f"{code}call {event.call_id} failed: {event.reason or 'no reason'}"
     return type(event).__name__
 
 
@@ -365,7 +371,7 @@ class _YeastarPbx:
         for event in parsed.events:
             if host.notes:
                 skipped = f" [a member skipped: {parsed.bad}]" if parsed.bad else ""
-                host.note(at, "PBX", "xferd", _event_text(event) + skipped)
+                host.note(at, "PBX", "xferd", event_text(event) + skipped)
             host.feed(event)
 
     def request_line(self, index: int, line: RequestLine, at: float) -> None:

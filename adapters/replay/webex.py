@@ -53,14 +53,11 @@ import structlog
 
 from adapters.base import Observer
 from adapters.replay.format import FrameLine, RequestLine, Scenario, compact
-from adapters.replay.runner import request_text, unclaimed
+from adapters.replay.runner import event_text, request_text, unclaimed
 from adapters.webex.adapter import CALLS, RECONCILE, WebexAdapter
 from adapters.webex.client import ErrorKind, WebexClient, WebexError, redact
 from engine.model import (
-    CallEnded,
-    CallFailed,
     CallsSnapshot,
-    CallUpdated,
     Event,
     PbxRequest,
     RequestFinished,
@@ -255,7 +252,7 @@ class WebexPbx:
         if isinstance(event, CallsSnapshot):
             return  # its recorded snapshot line feeds the engine
         if self.host.notes:
-            self.host.note(event.at, "PBX", "xferd", _event_text(event))
+            self.host.note(event.at, "PBX", "xferd", event_text(event, {}))
         self.host.soon.append(event)
 
     # -- requests ------------------------------------------------------------
@@ -355,14 +352,3 @@ def _delivery_text(line: FrameLine) -> str:
         call, state, personality = data.get("callId"), data.get("state"), data.get("personality")
         return f"delivery: call {call} {state} ({personality})"
     return f"delivery: {line.raw()[:60]}"
-
-
-def _event_text(event: Event) -> str:
-    if isinstance(event, CallUpdated):
-        legs = ", ".join(f"{m.number or '?'} {m.status} ({m.channel_id})" for m in event.members)
-        return f"call {event.call_id}: {legs or 'no legs yet'}"
-    if isinstance(event, CallFailed):
-        return f"call {event.call_id} failed: {event.reason}"
-    if isinstance(event, CallEnded):
-        return f"call {event.call_id} ended"
-    return type(event).__name__
