@@ -181,26 +181,27 @@ def simulate(args: argparse.Namespace) -> int:
 def webex(args: argparse.Namespace) -> int:
     import os
 
-    from adapters.service.config import DEFAULT_PBX_NAME, ConfigError, load
+    from adapters.service.config import DEFAULT_PBX_NAME, ConfigError, load, pbx_env_name
     from adapters.service.store import SqliteStore, StoredCredentials, StoreError
     from adapters.webex.authorize import AuthorizationFailed, Integration, authorize
     from adapters.webex.oauth import CREDENTIAL_KIND, fingerprint
 
     environ = dict(os.environ)
-    if args.client_id:
-        environ["XFERD_PBX_CLIENT_ID"] = args.client_id
-    if args.client_secret:
-        environ["XFERD_PBX_CLIENT_SECRET"] = args.client_secret
+    for key, value in (("client_id", args.client_id), ("client_secret", args.client_secret)):
+        if value:  # the plain name means "the one PBX"; the named one, that PBX of several
+            environ[f"XFERD_PBX_{key.upper()}"] = value
+            environ[pbx_env_name(args.pbx or DEFAULT_PBX_NAME, key)] = value
     try:
         config = load(args.config, environ)
     except ConfigError as exc:
         return fail(str(exc), 2)
-    name = args.pbx or DEFAULT_PBX_NAME
-    pbx = config.pbx
-    if name != DEFAULT_PBX_NAME:
-        return fail(
-            f"config error in {args.config}: no PBX named {name!r} (its [pbx] is {DEFAULT_PBX_NAME!r})", 2
-        )
+    if args.pbx is None and len(config.pbx) != 1:
+        names = ", ".join(entry.name for entry in config.pbx)
+        return fail(f"config error in {args.config}: several PBXs ({names}): name one with --pbx", 2)
+    pbx = config.pbx_named(args.pbx) if args.pbx else config.pbx[0]
+    if pbx is None:
+        return fail(f"config error in {args.config}: no PBX named {args.pbx!r}", 2)
+    name = pbx.name
     if pbx.kind != "webex" or pbx.client_id is None or pbx.client_secret is None:
         return fail(
             f"config error in {args.config}: [pbx].client_id: required for `xferd webex authorize` "
@@ -223,6 +224,27 @@ def webex(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"xferd: the refresh token is stored in {config.store.path} for PBX {name!r}; `xferd run` uses it")
+    return 0
+
+
+@command(
+    "token",
+    "print a new API token and the [[api.users]] entry that holds its hash",
+    arg("action", choices=("new",), help="new: make a token"),
+    arg("--name", required=True, help="the user's name (as it will appear in the audit log)"),
+    arg("--role", required=True, choices=("viewer", "operator", "supervisor", "admin")),
+)
+def token(args: argparse.Namespace) -> int:
+    import re
+
+    from adapters.service.roles import new_token
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", args.name):
+        return fail(f"invalid --name {args.name!r}: letters, digits and _ . @ - (at most 64)", 2)
+    secret, digest = new_token()
+    print(f"token (give it to {args.name}; it is shown only once): {secret}")
+    print("add to the config file:")
+    print(f'[[api.users]]\nname = "{args.name}"\nrole = "{args.role}"\ntoken_hash = "{digest}"')
     return 0
 
 

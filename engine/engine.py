@@ -266,6 +266,7 @@ class Engine:
             leg.call_id,
             event.at,
         )
+        transfer.initiated_by = event.initiated_by
         self._transfers[transfer.id] = transfer
         self._count()
         transfer.begin(event.at)

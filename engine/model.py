@@ -148,6 +148,9 @@ class TransferRequested:
     Exactly one of ``channel_id`` / ``extension`` names the party (for
     ``attended`` the transferor, for ``blind`` the member to be moved).
     ``policy`` holds already-validated overrides of the engine's defaults.
+    ``initiated_by`` says who asked, for the resource and the audit trail:
+    ``api:<user>`` (control API), ``console:<user>`` (the supervisor
+    console), ``rule:<name>`` (a routing rule).
     """
 
     at: float
@@ -158,6 +161,7 @@ class TransferRequested:
     extension: str | None = None
     dial_permission: str | None = None
     policy: Mapping[str, Any] | None = None
+    initiated_by: str = "api"
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adapters.replay import timeline
 from adapters.replay.format import Scenario, ScenarioError, collector_paused, discover, read
@@ -27,11 +27,12 @@ from adapters.replay.runner import replay
 from engine.model import CallsSnapshot, Event
 
 if TYPE_CHECKING:  # the service's modules are imported only by ``record``: replay stays light
+    from adapters.base import CredentialStore
     from adapters.replay.recorder import Recorder
-    from adapters.service.config import Config
+    from adapters.service.config import PbxTable
 
 
-def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register ``replay`` and ``record`` on ``xferd``'s subparsers."""
     about = "replay recorded scenarios on a virtual clock and check their expectations"
     parser = subparsers.add_parser("replay", help=about, description=about)
@@ -46,6 +47,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser = subparsers.add_parser("record", help=about, description=about)
     parser.add_argument("--config", required=True, metavar="PATH", help="TOML config file (contract §2)")
     parser.add_argument("--out", required=True, metavar="FILE", help="scenario file to write (.jsonl)")
+    parser.add_argument("--pbx", metavar="NAME", help="the [[pbx]] to record (if several)")
     parser.set_defaults(handler=record_command)
 
 
@@ -115,7 +117,13 @@ def record_command(args: argparse.Namespace) -> int:
         config = load(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
-    if config.pbx.kind == "webex" and config.pbx.events != "poll":
+    names = [pbx.name for pbx in config.pbx]
+    if args.pbx is None and len(names) > 1:
+        return _fail(f"several PBXs in {args.config}: name one with --pbx ({', '.join(names)})")
+    pbx = config.pbx[0] if args.pbx is None else config.pbx_named(args.pbx)
+    if pbx is None:
+        return _fail(f"no PBX named {args.pbx!r} in {args.config} ({', '.join(names)})")
+    if pbx.kind == "webex" and pbx.events != "poll":
         return _fail(
             f"config error in {args.config}: [pbx].events: 'poll' for `xferd record` (it serves no webhook "
             "listener; to record webhook deliveries, set [record] path in the service's config)"
@@ -127,17 +135,17 @@ def record_command(args: argparse.Namespace) -> int:
         recorder = Recorder.open(
             out,
             name=out.stem,
-            platform=config.pbx.kind,
-            policy=config.policy.engine_policy(),
+            platform=pbx.kind,
+            policy=config.policy_of(pbx).engine_policy(),
             secrets=secrets_of(config),
-            description=f"recorded by xferd record from {config.pbx.base_url}",
-            pbx=recorded_settings(config),
+            description=f"recorded by xferd record from {pbx.base_url}",
+            pbx=recorded_settings(pbx),
         )
     except OSError as exc:
         return _fail(f"cannot write {out}: {exc.strerror or exc}")
-    sys.stderr.write(f"xferd: recording {config.pbx.base_url} to {out}; Ctrl-C to stop\n")
+    sys.stderr.write(f"xferd: recording {pbx.base_url} to {out}; Ctrl-C to stop\n")
     try:
-        asyncio.run(_record_until_signalled(config, recorder))
+        asyncio.run(_record_until_signalled(pbx, recorder, config.store.path))
     except FatalPbxError as exc:
         return _fail(f"PBX: {exc}", 1)
     except StoreError as exc:
@@ -148,38 +156,41 @@ def record_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _record_until_signalled(config: Config, recorder: Recorder) -> None:
+async def _record_until_signalled(pbx: PbxTable, recorder: Recorder, store_path: Path) -> None:
+    from adapters.service.server import CREDENTIAL_KIND
+    from adapters.service.store import SqliteStore, StoredCredentials
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await record(config, recorder, stop)
+    store = SqliteStore(store_path)  # a Webex integration's refresh token lives there
+    try:
+        await record(pbx, recorder, stop, StoredCredentials(store, pbx.name, CREDENTIAL_KIND[pbx.kind]))
+    finally:
+        store.close()
 
 
-async def record(config: Config, recorder: Recorder, stop: asyncio.Event) -> None:
-    """Connect to the PBX of ``config`` and record until ``stop`` is set.
+async def record(
+    pbx: PbxTable, recorder: Recorder, stop: asyncio.Event, credentials: CredentialStore | None = None
+) -> None:
+    """Connect to the PBX ``pbx`` and record until ``stop`` is set.
 
     No engine runs: the recording holds frames, the adapter's requests (log
     in, ``call/query``) and the reconciliation snapshots it delivered after
     each (re)connect — the inputs a replay needs to rebuild the calls.
+    ``credentials``: where the PBX connection keeps its renewing credentials.
     """
-    from adapters.service.config import DEFAULT_PBX_NAME
-    from adapters.service.server import CREDENTIAL_KIND, build_adapter
-    from adapters.service.store import SqliteStore, StoredCredentials
+    from adapters.service.server import build_adapter
 
-    store = SqliteStore(config.store.path)  # a Webex integration's refresh token lives there
+    adapter = build_adapter(pbx, recorder, credentials)
+
+    def sink(event: Event) -> None:
+        if isinstance(event, CallsSnapshot):
+            recorder.snapshot(event)
+
+    await adapter.start(sink)
     try:
-        credentials = StoredCredentials(store, DEFAULT_PBX_NAME, CREDENTIAL_KIND[config.pbx.kind])
-        adapter = build_adapter(config, recorder, credentials)
-
-        def sink(event: Event) -> None:
-            if isinstance(event, CallsSnapshot):
-                recorder.snapshot(event)
-
-        await adapter.start(sink)
-        try:
-            await stop.wait()
-        finally:
-            await adapter.close()
+        await stop.wait()
     finally:
-        store.close()
+        await adapter.close()

@@ -176,6 +176,7 @@ class WebexAdapter:
         webhook_secret: str | None,
         events: Literal["webhook", "poll"] = "webhook",
         public_url: str | None = None,
+        webhook_path: str = WEBHOOK_PATH,
         poll_interval_s: float = 2.0,
         user_number: str | None = None,
         observer: Observer | None = None,
@@ -201,6 +202,7 @@ class WebexAdapter:
         self._webhook_secret = webhook_secret
         self._mode = events
         self._public_url = public_url
+        self._webhook_path = webhook_path  # where this PBX's deliveries go on the control API
         self._poll_interval_s = poll_interval_s
         # Webex call objects never carry the user's own number; without it the
         # user's legs carry "" (the contract resolves a Webex "extension" to
@@ -327,7 +329,7 @@ class WebexAdapter:
             if not self._synced:
                 self.listed(await self._request("GET", CALLS))
             if self._mode == "webhook" and self._public_url and self._webhook_id is None:
-                await self._register_webhook(self._public_url.rstrip("/") + WEBHOOK_PATH)
+                await self._register_webhook(self._public_url.rstrip("/") + self._webhook_path)
         except WebexError as error:
             if error.status == 401:
                 raise

@@ -59,9 +59,9 @@ def error_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> st
 
 def test_full_yeastar_config(tmp_path: Path) -> None:
     config = load(write(tmp_path, YEASTAR), {})
-    assert config.pbx.kind == "yeastar"
-    assert config.pbx.client_secret.get_secret_value() == "file-secret-123"
-    assert config.pbx.topics == (30011, 30012, 30015)
+    assert config.pbx[0].kind == "yeastar"
+    assert config.pbx[0].client_secret.get_secret_value() == "file-secret-123"
+    assert config.pbx[0].topics == (30011, 30012, 30015)
     assert (config.api.host, config.api.port) == ("127.0.0.1", 8765)
     # relative store paths are relative to the config file, not the cwd
     assert config.store.path == tmp_path / "state.sqlite3"
@@ -74,9 +74,9 @@ def test_full_yeastar_config(tmp_path: Path) -> None:
 def test_webex_defaults_and_env_secrets(tmp_path: Path) -> None:
     env = {"XFERD_PBX_ACCESS_TOKEN": "env-access", "XFERD_API_TOKEN": "env-api"}
     config = load(write(tmp_path, WEBEX), env)
-    assert config.pbx.kind == "webex"
-    assert config.pbx.base_url == "https://webexapis.com/v1"
-    assert config.pbx.access_token.get_secret_value() == "env-access"
+    assert config.pbx[0].kind == "webex"
+    assert config.pbx[0].base_url == "https://webexapis.com/v1"
+    assert config.pbx[0].access_token.get_secret_value() == "env-access"
     assert config.api.token is not None and config.api.token.get_secret_value() == "env-api"
     assert config.store.path == tmp_path / "xferd.sqlite3"
 
@@ -85,8 +85,8 @@ def test_client_secret_may_come_only_from_env(tmp_path: Path) -> None:
     text = YEASTAR.replace('client_secret = "file-secret-123"\n', "")
     assert error_of(tmp_path, text) == "[pbx].client_secret: required"
     config = load(write(tmp_path, text), {"XFERD_PBX_CLIENT_SECRET": "from-env"})
-    assert config.pbx.kind == "yeastar"
-    assert config.pbx.client_secret.get_secret_value() == "from-env"
+    assert config.pbx[0].kind == "yeastar"
+    assert config.pbx[0].client_secret.get_secret_value() == "from-env"
 
 
 @pytest.mark.parametrize(
@@ -193,14 +193,26 @@ webhook_secret = "wx-hook-123"
 
 def test_webex_integration_with_env_secrets(tmp_path: Path) -> None:
     env = {"XFERD_PBX_CLIENT_SECRET": "env-client-secret", "XFERD_PBX_REFRESH_TOKEN": "env-refresh"}
-    config = load(write(tmp_path, INTEGRATION), env)
-    assert config.pbx.kind == "webex" and config.pbx.oauth and config.pbx.access_token is None
-    assert config.pbx.client_secret is not None and config.pbx.refresh_token is not None
-    assert config.pbx.refresh_token.get_secret_value() == "env-refresh"
+    (pbx,) = load(write(tmp_path, INTEGRATION), env).pbx
+    assert pbx.kind == "webex" and pbx.oauth and pbx.access_token is None
+    assert pbx.client_secret is not None and pbx.refresh_token is not None
+    assert pbx.refresh_token.get_secret_value() == "env-refresh"
     # the refresh token may come from the store instead (xferd webex authorize)
     config = load(write(tmp_path, INTEGRATION), {"XFERD_PBX_CLIENT_SECRET": "s"})
-    assert config.pbx.kind == "webex" and config.pbx.refresh_token is None
+    assert config.pbx[0].kind == "webex" and config.pbx[0].refresh_token is None  # type: ignore[union-attr]
     assert "env-client-secret" not in repr(config)
+
+
+def test_an_integration_in_one_of_several_pbxs_is_named_by_its_entry(tmp_path: Path) -> None:
+    text = INTEGRATION.replace("[pbx]", '[[pbx]]\nname = "globex"') + WEBEX.replace(
+        "[pbx]", '[[pbx]]\nname = "acme"'
+    )
+    assert error_of(tmp_path, text, {}) == (
+        "[pbx.globex].client_secret: required with client_id (or env XFERD_PBX_CLIENT_SECRET)"
+    )
+    env = {"XFERD_PBX_GLOBEX_CLIENT_SECRET": "s", "XFERD_PBX_GLOBEX_REFRESH_TOKEN": "r"}
+    globex = load(write(tmp_path, text), env).pbx_named("globex")
+    assert globex is not None and globex.kind == "webex" and globex.refresh_token is not None
 
 
 @pytest.mark.parametrize(
