@@ -238,3 +238,30 @@ async def test_click_to_dial_ringing_the_user_is_shown_only_once_dialled(
     dropped = delivery("C2", "disconnected", 2)
     assert await adapter.handle_webhook(dropped, sign(dropped)) == 204
     assert sink.history("C2") == [("FAILED",), ("ENDED",)]
+
+
+async def test_a_named_pbx_registers_its_own_webhook_path(sim: WebexSimulator, sink: Sink) -> None:
+    """With several PBXs, each Webex one has its own path on the control API
+    (``/v1/webhooks/webex/<name>``): that is the URL it registers."""
+    from adapters.service.config import WebexPbx
+    from adapters.service.server import build_adapter
+
+    for name, path in (("default", "/v1/webhooks/webex"), ("globex", "/v1/webhooks/webex/globex")):
+        pbx = WebexPbx.model_validate(
+            {
+                "kind": "webex",
+                "name": name,
+                "base_url": sim.base_url,
+                "access_token": sim.access_token,
+                "webhook_secret": sim.webhook_secret,
+                "public_url": "https://xferd.example.com",
+            }
+        )
+        adapter = build_adapter(pbx, RecordingObserver())
+        await adapter.start(sink)
+        try:
+            assert [hook["targetUrl"] for hook in sim.webhooks.values()] == [
+                "https://xferd.example.com" + path
+            ]
+        finally:
+            await adapter.close()
