@@ -353,7 +353,11 @@ class OAuthTokens:
         refused (``xferd webex authorize`` ran, or another instance renewed)."""
         if self._store is None:
             return False
-        value = await self._store.load()
+        try:
+            value = await self._store.load()
+        except Exception as exc:  # a locked store: try again at the next round
+            log.warning("webex_token_store_unreadable", error=type(exc).__name__, detail=str(exc)[:200])
+            return False
         stored_rt = value.get("refresh_token") if value else None
         if isinstance(stored_rt, str) and stored_rt and stored_rt != self._refused:
             self._refresh_token = stored_rt

@@ -40,10 +40,10 @@ def integration_config(tmp: Path, sim: WebexSimulator, **policy: object) -> Path
     )
 
 
-def stored_refresh_token(tmp: Path) -> str | None:
+async def stored_refresh_token(tmp: Path) -> str | None:
     store = SqliteStore(tmp / "xferd.sqlite3")
     try:
-        value = store.credentials_get("default", CREDENTIAL_KIND)
+        value = await store.credentials_get("default", CREDENTIAL_KIND)
     finally:
         store.close()
     return None if value is None else str(value["refresh_token"])
@@ -74,7 +74,7 @@ async def test_renews_before_expiry_and_keeps_the_latest_token(sim: WebexSimulat
         assert all(r.status == 200 for r in sim.token_requests())
         assert await service.terminate() == 0
         assert stat.S_IMODE(os.stat(tmp_path / "xferd.sqlite3").st_mode) == 0o600
-        latest = stored_refresh_token(tmp_path)
+        latest = await stored_refresh_token(tmp_path)
         assert latest is not None and latest != configured and latest in sim.issued_tokens()
         logs = "\n".join(service.lines)
         assert not [token for token in sim.issued_tokens() if token in logs]
