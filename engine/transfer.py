@@ -140,6 +140,9 @@ class Transfer:
         self.last_error: dict[str, Any] | None = None
         #: Who asked for it: ``api:<user>``, ``console:<user>``, ``rule:<name>`` (see TransferRequested).
         self.initiated_by = "api"
+        #: A routing rule's decision when a rule started it (see engine.rules): persisted with the
+        #: transfer, so the rule's "fired" mark is written ahead with the transfer's first save.
+        self.rule: dict[str, Any] | None = None
         # output of the current stimulus (collected by the engine)
         self.out: list[Command] = []
         self.dirty = False
@@ -700,6 +703,7 @@ class Transfer:
         "updated_at",
         "timers",
         "initiated_by",
+        "rule",
     )
 
     def export(self) -> dict[str, Any]:

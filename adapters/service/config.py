@@ -224,6 +224,12 @@ class RecordConfig(_Table):
     path: Path | None = None
 
 
+class RulesConfig(_Table):
+    """``[rules] path = "rules.toml"``: the routing rules file (see adapters.service.rules)."""
+
+    path: Path | None = None
+
+
 PbxTable = Annotated[YeastarPbx | WebexPbx, Field(discriminator="kind")]
 
 
@@ -237,6 +243,7 @@ class Config(_Table):
     store: StoreConfig = StoreConfig()
     policy: PolicyConfig = PolicyConfig()
     record: RecordConfig = RecordConfig()
+    rules: RulesConfig = RulesConfig()
 
     @model_validator(mode="before")
     @classmethod
@@ -322,6 +329,8 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
         config = config.model_copy(update={"store": StoreConfig(path=path.parent / config.store.path)})
     if config.record.path is not None and not config.record.path.is_absolute():
         config = config.model_copy(update={"record": RecordConfig(path=path.parent / config.record.path)})
+    if config.rules.path is not None and not config.rules.path.is_absolute():
+        config = config.model_copy(update={"rules": RulesConfig(path=path.parent / config.rules.path)})
     return config
 
 

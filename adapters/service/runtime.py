@@ -42,6 +42,7 @@ from adapters.service.metrics import Metrics
 from adapters.service.store import StoreError, TransferStore
 from engine.engine import Engine
 from engine.model import (
+    AskRule,
     CallChanged,
     CancelTimer,
     Command,
@@ -50,6 +51,7 @@ from engine.model import (
     PbxRequest,
     QueryCalls,
     RequestFinished,
+    RuleNotice,
     StartTimer,
     TimerFired,
     TransferChanged,
@@ -63,6 +65,8 @@ QUERY_RETRY_FIRST_S = 0.5
 QUERY_RETRY_MAX_S = 10.0
 #: How many finished transfers' resources a runtime keeps in memory.
 RECENT_FINISHED = 1024
+#: How far back (seconds) routing rules' "fired" marks are restored at start.
+RULE_MARKS_S = 86400.0
 
 
 class Runtime:
@@ -102,6 +106,7 @@ class Runtime:
         self._closing = False
         self._unsaved: set[str] = set()  # transfers whose latest state is not on disk
         self._event_counters: dict[type, Any] = {}  # event type -> labelled counter
+        self._ask_client: Any = None  # httpx client of routing rules' ``ask`` (made on first use)
 
     # -- life cycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -115,6 +120,11 @@ class Runtime:
         commands = self.engine.restore(records)
         if records:
             log.info("transfers_restored", count=len(records))
+        if self.engine.rules is not None:
+            # Rules fire once per call and trigger, restarts included: their marks of the last day.
+            since = self.clock() - RULE_MARKS_S
+            for mark in await self.store.rule_marks(self.pbx, since):
+                self.engine.rules.restore(mark)
         await self.adapter.start(self._sink)
         self._execute(commands, time.perf_counter())
 
@@ -129,6 +139,8 @@ class Runtime:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+        if self._ask_client is not None:
+            await self._ask_client.aclose()
         await self.adapter.close()
 
     # -- feeding -----------------------------------------------------------------
@@ -241,6 +253,10 @@ class Runtime:
                     self._finished[command.transfer_id] = command.resource
                     if len(self._finished) > RECENT_FINISHED:
                         self._finished.popitem(last=False)
+            elif isinstance(command, RuleNotice):
+                self._rule_notice(command)
+            elif isinstance(command, AskRule):
+                self._spawn(self._ask(command))
             elif isinstance(command, CallChanged) and self.hub:
                 # Only build the call's view when someone reads the live stream.
                 call = self.engine.call(command.call_id) or {"call_id": command.call_id, "members": []}
@@ -251,6 +267,44 @@ class Runtime:
             self.engine.forget(transfer_id)
             for key in [key for key in self._timers if key[0] == transfer_id]:
                 self._cancel_timer(*key)
+
+    def _rule_notice(self, notice: RuleNotice) -> None:
+        """What a routing rule did: a log line and a live-stream message (counters live in the engine)."""
+        log.info(
+            "rule",
+            rule=notice.rule,
+            outcome=notice.outcome,
+            mode=notice.mode,
+            trigger=notice.trigger,
+            call_id=notice.call_id,
+            transfer_id=notice.transfer_id,
+            detail=notice.detail,
+        )
+        if self.hub:
+            message = {
+                "rule": notice.rule,
+                "outcome": notice.outcome,
+                "mode": notice.mode,
+                "trigger": notice.trigger,
+                "call_id": notice.call_id,
+                "transfer_id": notice.transfer_id,
+                "detail": notice.detail,
+                "request": dict(notice.request) if notice.request else None,
+                "pbx": self.pbx,
+            }
+            self.hub.publish({"kind": "rule", "rule": message}, self.pbx)
+
+    async def _ask(self, command: AskRule) -> None:
+        """A rule's ``ask``: POST its facts, feed the answer (or the failure) back."""
+        import httpx
+
+        from adapters.service.rules import ask
+
+        if self._ask_client is None:
+            self._ask_client = httpx.AsyncClient(trust_env=False)
+        answered = await ask(command, self._ask_client, self.clock)
+        if not self._closing:
+            self._sink(answered)
 
     def _transfer_changed(self, command: TransferChanged) -> None:
         resource = command.resource

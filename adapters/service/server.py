@@ -25,6 +25,7 @@ from adapters.service.hub import Hub
 from adapters.service.logs import get_logger, redactor
 from adapters.service.metrics import Metrics, MetricsObserver
 from adapters.service.roles import User, Users
+from adapters.service.rules import RulesCollector, RulesError, RulesHolder
 from adapters.service.runtime import Runtime
 from adapters.service.store import SqliteStore, StoredCredentials
 from engine.engine import Engine
@@ -155,6 +156,12 @@ class Service:
         self.units: dict[str, Unit] = {}
         for pbx in config.pbx:
             self.units[pbx.name] = self._unit(pbx, injected.get(pbx.name))
+        #: The routing rules file and what it holds (None: no ``[rules] path``).
+        self.rules: RulesHolder | None = None
+        if config.rules.path is not None:
+            self.rules = RulesHolder.open(config.rules.path)  # RulesError: one line
+            self.rules.attach(self)
+            self.metrics.registry.register(RulesCollector(self))
         self.app = create_app(self, request_timeout_s=REQUEST_TIMEOUT_S)
         self._socket: socket.socket | None = None
         self._server: _Uvicorn | None = None
@@ -185,6 +192,14 @@ class Service:
             adapter = adapter or build_adapter(pbx, self.observer, credentials)
             runtime = Runtime(engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub)
         return Unit(pbx.name, pbx, adapter, runtime)
+
+    def reload_rules(self) -> None:
+        """SIGHUP: load the rules file again (a bad file is logged and refused; the old rules stay)."""
+        if self.rules is None:
+            log.warning("rules_reload_ignored", reason="no [rules] path configured")
+            return
+        with contextlib.suppress(RulesError):  # logged by reload(); the old rules stay
+            self.rules.reload(self)
 
     @property
     def runtime(self) -> Runtime:
@@ -277,6 +292,7 @@ async def run_until_signalled(config: Config) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     service = Service(config)
+    loop.add_signal_handler(signal.SIGHUP, service.reload_rules)
     try:
         await service.start()
     except BaseException:

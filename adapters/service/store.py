@@ -124,6 +124,7 @@ class TransferStore(Protocol):
     async def recent(
         self, limit: int, state: str | None = None, pbx: str | None = None
     ) -> list[dict[str, Any]]: ...
+    async def rule_marks(self, pbx: str, since: float) -> list[dict[str, Any]]: ...
     async def idempotency_get(self, key: str) -> tuple[str, str] | None: ...
     async def idempotency_put(self, key: str, fingerprint: str, transfer_id: str) -> None: ...
     async def audit_append(self, entries: Sequence[Mapping[str, Any]]) -> None: ...
@@ -217,6 +218,17 @@ class SqliteStore:
             (*params, limit),
         )
         return [json.loads(resource) for (resource,) in rows]
+
+    async def rule_marks(self, pbx: str, since: float) -> list[dict[str, Any]]:
+        """Routing rules' decisions (``export.rule``) of ``pbx``'s transfers created since ``since``
+        (epoch seconds): a rule fires once per call and trigger, across restarts."""
+        since_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since))
+        rows = self._read(
+            "SELECT json_extract(export, '$.rule') FROM transfers"
+            " WHERE pbx = ? AND created_at >= ? AND json_extract(export, '$.rule') IS NOT NULL",
+            (pbx, since_iso),
+        )
+        return [json.loads(mark) for (mark,) in rows]
 
     async def idempotency_get(self, key: str) -> tuple[str, str] | None:
         """``(transfer_id, fingerprint)`` stored under ``key``, if any."""
