@@ -106,6 +106,8 @@ class ActionResult:
     slot: str | None = None
     parked: tuple[ParkedCall, ...] = ()
     invalid: tuple[str, ...] = ()
+    #: False when the request never left because the decision could not be recorded first
+    sent: bool = True
 
 
 class PbxAdapter(Protocol):
