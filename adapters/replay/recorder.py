@@ -39,12 +39,23 @@ from adapters.replay.format import (
     RequestLine,
     SnapshotLine,
     StartBody,
+    SuperviseLine,
     dump_line,
     frame_line,
 )
 from adapters.service.runtime import Runtime
 from engine.errors import Rejected
-from engine.model import CallsSnapshot, Command, Event, OperatorRequested, Policy, TransferRequested
+from engine.model import (
+    CallsSnapshot,
+    Command,
+    Event,
+    HangupRequested,
+    MonitorRequested,
+    OperatorRequested,
+    ParkRequested,
+    Policy,
+    TransferRequested,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -191,6 +202,23 @@ class Recorder(Observer):
             )  # fmt: skip
         self._write(line)
 
+    def supervise(
+        self, event: MonitorRequested | HangupRequested | ParkRequested, rejected: str | None = None
+    ) -> None:
+        """A supervisor's call action as the engine received it; ``rejected``: its refusal code."""
+        at = self._offset(event.at)
+        if isinstance(event, MonitorRequested):
+            line = SuperviseLine(
+                kind="supervise", at=at, action="monitor", channel_id=event.channel_id, monitor=event.monitor,
+                mode=event.mode, session=event.session_id, rejected=rejected,
+            )  # fmt: skip
+        else:
+            action: Literal["park", "hangup"] = "park" if isinstance(event, ParkRequested) else "hangup"
+            line = SuperviseLine(
+                kind="supervise", at=at, action=action, channel_id=event.channel_id, rejected=rejected
+            )
+        self._write(line)
+
     def snapshot(self, snapshot: CallsSnapshot) -> None:
         """A reconciliation snapshot as the engine received it."""
         calls = [
@@ -250,6 +278,8 @@ class RecordingRuntime(Runtime):
     def feed(self, event: Event) -> list[Command]:
         if isinstance(event, CallsSnapshot):
             self.recorder.snapshot(event)
+        if isinstance(event, MonitorRequested | HangupRequested | ParkRequested):
+            return self._supervised(event)
         if not isinstance(event, TransferRequested | OperatorRequested):
             return super().feed(event)
         try:
@@ -258,6 +288,16 @@ class RecordingRuntime(Runtime):
             self.recorder.control(event, exc.code)
             raise
         self.recorder.control(event)
+        return commands
+
+    def _supervised(self, event: MonitorRequested | HangupRequested | ParkRequested) -> list[Command]:
+        """A supervisor's call action (``engine.supervision``), recorded as the control lines are."""
+        try:
+            commands = super().feed(event)
+        except Rejected as exc:
+            self.recorder.supervise(event, exc.code)
+            raise
+        self.recorder.supervise(event)
         return commands
 
 

@@ -53,6 +53,7 @@ from adapters.replay.format import (
     RequestPattern,
     Scenario,
     SnapshotLine,
+    SuperviseLine,
 )
 from adapters.yeastar.frames import (
     DATA_NOT_FOUND,
@@ -75,8 +76,12 @@ from engine.model import (
     CancelTimer,
     Command,
     Event,
+    HangupRequested,
     Member,
+    MonitorAnswered,
+    MonitorRequested,
     OperatorRequested,
+    ParkRequested,
     PbxRequest,
     QueryCalls,
     RequestFinished,
@@ -89,6 +94,9 @@ from engine.model import (
 )
 from engine.rules import RuleEngine, RuleSet
 
+#: finished() reads an answer the same way whatever request it answers: for answers to the
+#: supervisor's own requests (call/listen), whose outcome and call id alone are used.
+_ANY_REQUEST = PbxRequest("", "", "hangup", "")
 #: Times closer than this are the same instant (offsets are recorded to the millisecond).
 _EPSILON = 1e-6
 #: How a PBX request is recognised in a recording: (action, channel id, number).
@@ -352,6 +360,8 @@ class _Replay:
         self.divergences: list[str] = []
         self.invariants: list[str] = []
         self._rules_setup(rules if rules is not None else scenario.ruleset, dry_run)
+        self.monitor_answers: dict[int, str] = {}  # recorded call/listen answer line → monitor session
+        self.direct: set[int] = set()  # recorded call/hangup lines of supervisors' direct hang-ups
 
     # -- driving -----------------------------------------------------------------
     def run(self) -> Report:
@@ -373,6 +383,8 @@ class _Replay:
                 self._snapshot(line, at)
             elif isinstance(line, AskLine):
                 self._ask_line(index, line, at)
+            elif isinstance(line, SuperviseLine):
+                self._supervise(index, line, at)
             else:
                 self._request_line(index, line, at)
         end = self.scenario.end if self.scenario.end is not None else (inputs[-1].at if inputs else 0.0)
@@ -465,6 +477,8 @@ class _Replay:
         self._feed(CallsSnapshot(at, calls))
 
     def _request_line(self, index: int, line: RequestLine, at: float) -> None:
+        if (self.monitor_answers or self.direct) and self._supervised_answer(index, line, at):
+            return
         request = self.bound.pop(index, None)
         if request is not None:
             self._answer(line, request, at)
@@ -629,6 +643,83 @@ class _Replay:
             said = json.dumps(line.answer, separators=(",", ":")) if line.answer is not None else line.error
             self._note(at, "URL", "xferd", f"answer for {line.ask_id}: {said}")
         self.soon.append(RuleAnswered(at, line.ask_id, line.answer, line.error))
+
+    # -- supervisor call actions (engine.supervision) ---------------------------------
+    def _supervise(self, index: int, line: SuperviseLine, at: float) -> None:
+        """Feed a supervisor's action as live; bind the PBX answer the recording has for it."""
+        channel = line.channel_id or ""
+        event: MonitorRequested | HangupRequested | ParkRequested
+        if line.action == "monitor":
+            assert line.session is not None and line.mode is not None
+            event = MonitorRequested(at, line.session, line.monitor, line.channel_id, line.mode)
+            text = f"{line.mode} {line.monitor} on {channel}"
+        elif line.action == "park":
+            event, text = ParkRequested(at, channel), f"park {channel}"
+        else:
+            event, text = HangupRequested(at, channel), f"hangup {channel}"
+        self.at = at
+        try:
+            commands = self.engine.handle(event)
+        except Rejected as exc:
+            self._note(at, "client", "xferd", f"{text} → rejected: {exc.code}")
+            rejected: str | None = exc.code
+        except Exception as exc:  # an engine bug: report it and go on, as the runtime does
+            self.invariants.append(f"+{line.at:.3f} s: the engine raised {type(exc).__name__}: {exc}")
+            return
+        else:
+            self._note(at, "client", "xferd", text)
+            rejected = None
+            self._apply(commands)
+            if line.action == "monitor":
+                self._bind_monitor(index, line)
+            elif line.action == "hangup" and not any(isinstance(c, PbxRequest) for c in commands):
+                self._bind_direct_hangup(index, channel)
+            self._drain()
+        if rejected != line.rejected:
+            said = f"rejected ({line.rejected})" if line.rejected else "accepted"
+            did = f"rejected it ({rejected})" if rejected else "accepted it"
+            self._diverged(f"{text} was {said} in the recording; the replay {did}")
+
+    def _bind_monitor(self, index: int, line: SuperviseLine) -> None:
+        """The recorded ``call/listen`` answering this monitor: the next one for that channel and monitor."""
+        for later in range(index + 1, len(self.scenario.inputs)):
+            found = self.scenario.inputs[later]
+            if (
+                isinstance(found, RequestLine)
+                and found.endpoint == "call/listen"
+                and later not in self.monitor_answers
+                and found.body.get("channel_id") == line.channel_id
+                and found.body.get("monitor") == line.monitor
+            ):
+                assert line.session is not None
+                self.monitor_answers[later] = line.session
+                return
+
+    def _bind_direct_hangup(self, index: int, channel: str) -> None:
+        """A leg no transfer holds was hung up by the service itself: that recorded answer is not
+        one the engine will ask for."""
+        queue = self.answers.get(("hangup", channel, None))
+        later = next((i for i in queue or () if i > index), None)
+        if queue is None or later is None:
+            self._diverged(f"the recording has no answer to the supervisor's hangup of {channel}")
+            return
+        queue.remove(later)
+        self.direct.add(later)
+
+    def _supervised_answer(self, index: int, line: RequestLine, at: float) -> bool:
+        """A recorded answer to a supervisor's own request (not the engine's): fed or noted here."""
+        session = self.monitor_answers.pop(index, None)
+        if session is not None:
+            result = finished(line, _ANY_REQUEST, at)
+            self._note(at, "PBX", "xferd", f"{result.outcome} for monitor {session}: {_recorded_text(line)}")
+            self.soon.append(MonitorAnswered(at, session, result.outcome, result.call_id))
+            self._drain()
+            return True
+        if index in self.direct:
+            self.direct.discard(index)
+            self._note(at, "PBX", "xferd", f"supervisor's {_recorded_text(line)}")
+            return True
+        return False
 
     # -- bookkeeping ------------------------------------------------------------------
     def _offset(self, at: float) -> float:

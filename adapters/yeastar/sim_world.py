@@ -387,7 +387,7 @@ class World:
         ``channel_id`` in ``mode``.  Returns the call id the answer carries (see
         ``monitor_call_id``).  Refusals: a bad mode or a monitor that is not an
         extension 40002 naming the field, an unknown channel 60001, a channel that is
-        not an extension's talking leg, is not allowed to be monitored or is already
+        not an extension's leg in a call (still ringing), is not allowed to be monitored or is already
         monitored 10009 ([unconfirmed]: the PBX's errcode for these is not documented)."""
         if mode not in MONITOR_MODES:
             raise SimError(40002, [{"field": "type", "value": mode}])
@@ -397,7 +397,7 @@ class World:
         if (
             watched.kind != "extension"
             or watched.monitoring is not None
-            or watched.status not in TALKING_STATUSES | {"HOLD"}
+            or watched.status in ("RING", "EARLYMEDIA")  # a phone still ringing is in no call yet
             or watched.number in self._unmonitorable
             or watched.number == monitor
             or any(leg.monitoring == channel_id for leg in self._legs.values())
