@@ -35,7 +35,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import APIRouter, Body, Query, Request
-from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from adapters.base import ActionResult, CallAction
 from adapters.service import call_actions
@@ -125,6 +125,78 @@ _WHY_NOT = {
         "parked against (POST /v1/parked/{number}/retrieve)"
     ),
 }
+
+
+# -- answers (the OpenAPI schema shows these) -----------------------------------------
+
+
+class ErrorAnswer(BaseModel):
+    error: str
+    detail: str
+
+
+class MonitorAnswer(BaseModel):
+    """A monitor session the PBX accepted: the monitor's phone rings (or answers by itself)."""
+
+    channel_id: str | None = Field(description="the monitored leg (None for a Webex barge-in)")
+    extension: str | None = Field(description="Webex: the colleague barged in on")
+    monitor: str
+    mode: str
+    call_id: str | None = Field(description="the call id the PBX returned")
+    pbx: str
+
+
+class ParkAnswer(BaseModel):
+    channel_id: str = Field(description="the parked party's leg")
+    slot: str | None = Field(description="where it waits (Webex: the number it is parked against)")
+    call_id: str | None
+    pbx: str
+
+
+class ParkedItem(BaseModel):
+    slot: str
+    channel_id: str
+    parked_party: str
+    parker: str
+    parked_s: float | None
+    pbx: str
+
+
+class ParkedList(BaseModel):
+    items: list[ParkedItem]
+
+
+class RetrieveAnswer(BaseModel):
+    slot: str
+    extension: str
+    channel_id: str | None = Field(description="the parked party's leg, when the PBX lists parked calls")
+    call_id: str | None
+    pbx: str
+
+
+class HangupAnswer(BaseModel):
+    channel_id: str
+    pbx: str
+    transfer: dict[str, Any] | None = Field(
+        description="the transfer that leg took part in (its hang-up went through it), else null"
+    )
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers a route documents in the OpenAPI schema."""
+    said = {
+        403: "the user's role is below supervisor",
+        404: "no such channel (or no call parked in that slot)",
+        409: "no_active_call / ambiguous (extension), transfer_in_progress (park), not_allowed "
+        "(the platform lacks it, or the transfer has a request in flight)",
+        422: "a bad body, or a monitor / retriever that is not an extension",
+        502: "pbx_error: the PBX refused (its errcode and message) or did not answer in time",
+        503: "pbx_unavailable: the PBX link is down",
+    }
+    return {status: {"model": ErrorAnswer, "description": said[status]} for status in statuses}
+
+
+_ACTING = _errors(403, 404, 409, 422, 502, 503)
 
 
 def _capable(unit: Unit, capability: str) -> None:
@@ -242,14 +314,14 @@ def routes(ctx: ApiContext) -> APIRouter:
             "pbx": unit.name,
         }
 
-    @router.post("/v1/calls/monitor")
+    @router.post("/v1/calls/monitor", response_model=MonitorAnswer, responses=_ACTING)
     async def monitor_party(
         request: Request, body: MonitorPartyBody, principal: Principal = supervisor
     ) -> dict[str, Any]:
         """Listen to, whisper to or barge into the call named in the body."""
         return await do_monitor(request, body, body.channel_id, body.extension)
 
-    @router.post("/v1/calls/{channel_id:path}/monitor")
+    @router.post("/v1/calls/{channel_id:path}/monitor", response_model=MonitorAnswer, responses=_ACTING)
     async def monitor_channel(
         request: Request, channel_id: str, body: MonitorBody, principal: Principal = supervisor
     ) -> dict[str, Any]:
@@ -270,14 +342,14 @@ def routes(ctx: ApiContext) -> APIRouter:
         _outcome("park", result)
         return {"channel_id": channel, "slot": result.slot, "call_id": result.call_id, "pbx": unit.name}
 
-    @router.post("/v1/calls/park")
+    @router.post("/v1/calls/park", response_model=ParkAnswer, responses=_ACTING)
     async def park_party(
         request: Request, body: ParkPartyBody, principal: Principal = supervisor
     ) -> dict[str, Any]:
         """Park the call named in the body (by extension: the party it talks to waits in the slot)."""
         return await do_park(request, body, body.channel_id, body.extension)
 
-    @router.post("/v1/calls/{channel_id:path}/park")
+    @router.post("/v1/calls/{channel_id:path}/park", response_model=ParkAnswer, responses=_ACTING)
     async def park_channel(
         request: Request,
         channel_id: str,
@@ -304,14 +376,14 @@ def routes(ctx: ApiContext) -> APIRouter:
         transfer = await unit.runtime.fetch(transfer_id) if transfer_id is not None else None
         return {"channel_id": channel, "pbx": unit.name, "transfer": dict(transfer) if transfer else None}
 
-    @router.post("/v1/calls/hangup")
+    @router.post("/v1/calls/hangup", response_model=HangupAnswer, responses=_ACTING)
     async def hangup_party(
         request: Request, body: HangupPartyBody, principal: Principal = supervisor
     ) -> dict[str, Any]:
         """Hang up the leg named in the body."""
         return await do_hangup(request, body.pbx, body.channel_id, body.extension)
 
-    @router.post("/v1/calls/{channel_id:path}/hangup")
+    @router.post("/v1/calls/{channel_id:path}/hangup", response_model=HangupAnswer, responses=_ACTING)
     async def hangup_channel(
         request: Request,
         channel_id: str,
@@ -338,7 +410,9 @@ def routes(ctx: ApiContext) -> APIRouter:
             for p in result.parked
         ]
 
-    @router.get("/v1/parked", dependencies=viewer)
+    @router.get(
+        "/v1/parked", dependencies=viewer, response_model=ParkedList, responses=_errors(409, 422, 502, 503)
+    )
     async def parked(
         pbx: Annotated[PbxName | None, Query(description="only this PBX's parked calls")] = None,
     ) -> dict[str, Any]:
@@ -354,7 +428,7 @@ def routes(ctx: ApiContext) -> APIRouter:
                     items += await parked_in(unit)
         return {"items": items}
 
-    @router.post("/v1/parked/{slot}/retrieve")
+    @router.post("/v1/parked/{slot}/retrieve", response_model=RetrieveAnswer, responses=_ACTING)
     async def retrieve(
         request: Request, slot: str, body: RetrieveBody, principal: Principal = supervisor
     ) -> dict[str, Any]:

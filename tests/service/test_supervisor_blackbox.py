@@ -287,7 +287,12 @@ async def test_a_hangup_waits_for_the_transfers_request_in_flight(xf: Xferd) -> 
 # -- health and audit -------------------------------------------------------------------
 
 
-async def test_capabilities_and_the_audit_trail(xf: Xferd) -> None:
+async def test_capabilities_schema_and_the_audit_trail(xf: Xferd) -> None:
+    schema = (await xf.get("/openapi.json")).json()
+    monitor = schema["paths"]["/v1/calls/{channel_id}/monitor"]["post"]
+    assert {"200", "404", "409", "422", "502"} <= set(monitor["responses"])
+    assert {"/v1/calls/monitor", "/v1/calls/park", "/v1/calls/hangup", "/v1/parked"} <= set(schema["paths"])
+    assert "/v1/parked/{slot}/retrieve" in schema["paths"]
     health = (await xf.get("/healthz")).json()
     for action in ("listen", "whisper", "barge", "park", "parked", "retrieve", "hangup"):
         assert action in health["capabilities"]
