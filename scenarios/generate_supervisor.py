@@ -21,10 +21,8 @@ party had hung up).
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 # ``generate`` is the library's own generator, next to this file (the script's folder is on sys.path).
@@ -41,16 +39,15 @@ from generate import (
     Spec,
     channel,
     finish,
-    generate,
+    main,
     talking,
     target_status,
 )
+from generate import scenario as library_scenario
 
 from adapters.base import ActionResult
-from adapters.service import logs
 from adapters.yeastar.simulator import Phone
 
-HERE = Path(__file__).resolve().parent
 SUPERVISOR = "2001"  # the supervisor's extension; its phone answers a monitor at once
 AUTO = Phone(answer_after=0.05)
 RECEPTION = "2000"
@@ -59,11 +56,8 @@ SPECS: list[Spec] = []
 
 
 def scenario(name: str, description: str, **options: Any) -> Callable[[Script], Script]:
-    def register(script: Script) -> Script:
-        SPECS.append(Spec(name, description, script, **options))
-        return script
-
-    return register
+    """Register a supervisor scenario (recorded into the library's folder like the others)."""
+    return library_scenario(name, description, into=SPECS, **options)
 
 
 async def monitoring(rec: LiveRecording, watched: str, mode: str) -> str:
@@ -217,22 +211,5 @@ async def _hangup_transferor(rec: LiveRecording) -> None:
     await finish(rec)
 
 
-async def main(names: list[str]) -> int:
-    logs.configure("console", logging.WARNING)
-    unknown = set(names) - {spec.name for spec in SPECS}
-    if unknown:
-        print(f"unknown scenario(s): {', '.join(sorted(unknown))}", file=sys.stderr)
-        return 2
-    failed = 0
-    for spec in SPECS:
-        if names and spec.name not in names:
-            continue
-        problems = await generate(spec, HERE)
-        if problems:
-            failed += 1
-            print(f"NOT WRITTEN {spec.name}:", *problems, sep="\n  ", file=sys.stderr)
-    return 1 if failed else 0
-
-
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main(sys.argv[1:])))
+    sys.exit(asyncio.run(main(sys.argv[1:], SPECS)))

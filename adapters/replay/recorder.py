@@ -262,6 +262,10 @@ class Recorder(Observer):
         self.lines += 1
 
 
+#: What clients ask of the engine (the API, supervisors): recorded with the engine's refusal, if any.
+_CLIENT_EVENTS = (TransferRequested, OperatorRequested, MonitorRequested, HangupRequested, ParkRequested)
+
+
 class RecordingRuntime(Runtime):
     """A :class:`Runtime` that records API requests and snapshots as it feeds them.
 
@@ -278,27 +282,22 @@ class RecordingRuntime(Runtime):
     def feed(self, event: Event) -> list[Command]:
         if isinstance(event, CallsSnapshot):
             self.recorder.snapshot(event)
-        if isinstance(event, MonitorRequested | HangupRequested | ParkRequested):
-            return self._supervised(event)
-        if not isinstance(event, TransferRequested | OperatorRequested):
+        if not isinstance(event, _CLIENT_EVENTS):
             return super().feed(event)
         try:
             commands = super().feed(event)
         except Rejected as exc:
-            self.recorder.control(event, exc.code)
+            self._record(event, exc.code)
             raise
-        self.recorder.control(event)
+        self._record(event)
         return commands
 
-    def _supervised(self, event: MonitorRequested | HangupRequested | ParkRequested) -> list[Command]:
-        """A supervisor's call action (``engine.supervision``), recorded as the control lines are."""
-        try:
-            commands = super().feed(event)
-        except Rejected as exc:
-            self.recorder.supervise(event, exc.code)
-            raise
-        self.recorder.supervise(event)
-        return commands
+    def _record(self, event: Event, rejected: str | None = None) -> None:
+        """A client's request: an API request (``control``) or a supervisor's action (``supervise``)."""
+        if isinstance(event, TransferRequested | OperatorRequested):
+            self.recorder.control(event, rejected)
+        elif isinstance(event, MonitorRequested | HangupRequested | ParkRequested):
+            self.recorder.supervise(event, rejected)
 
 
 class Tee(Observer):

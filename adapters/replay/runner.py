@@ -444,24 +444,35 @@ class _Replay:
             assert line.op != "start"
             event = OperatorRequested(at=at, transfer_id=line.transfer, op=line.op)
             text = f"{line.op} {line.transfer}"
+        self._client(event, text, f"{line.op} {line.transfer}", line.at, line.rejected)
+
+    def _client(
+        self, event: Event, text: str, what: str, offset: float, recorded: str | None
+    ) -> list[Command] | None:
+        """Feed a client's request (API or supervisor) as live: the engine's commands when it
+        accepted it, None when it refused.  Accepted in one and refused in the other (or refused
+        with another code) is a divergence."""
+        at = event.at
         self.at = at
+        commands: list[Command] | None = None
         try:
             commands = self.engine.handle(event)
         except Rejected as exc:
             self._note(at, "client", "xferd", f"{text} → rejected: {exc.code}")
             rejected: str | None = exc.code
         except Exception as exc:  # an engine bug: report it and go on, as the runtime does
-            self.invariants.append(f"+{line.at:.3f} s: the engine raised {type(exc).__name__}: {exc}")
-            return
+            self.invariants.append(f"+{offset:.3f} s: the engine raised {type(exc).__name__}: {exc}")
+            return None
         else:
             self._note(at, "client", "xferd", text)
             rejected = None
             self._apply(commands)
             self._drain()
-        if rejected != line.rejected:
-            said = f"rejected ({line.rejected})" if line.rejected else "accepted"
+        if rejected != recorded:
+            said = f"rejected ({recorded})" if recorded else "accepted"
             did = f"rejected it ({rejected})" if rejected else "accepted it"
-            self._diverged(f"{line.op} {line.transfer} was {said} in the recording; the replay {did}")
+            self._diverged(f"{what} was {said} in the recording; the replay {did}")
+        return commands
 
     def _snapshot(self, line: SnapshotLine, at: float) -> None:
         calls = tuple(
@@ -657,28 +668,13 @@ class _Replay:
             event, text = ParkRequested(at, channel), f"park {channel}"
         else:
             event, text = HangupRequested(at, channel), f"hangup {channel}"
-        self.at = at
-        try:
-            commands = self.engine.handle(event)
-        except Rejected as exc:
-            self._note(at, "client", "xferd", f"{text} → rejected: {exc.code}")
-            rejected: str | None = exc.code
-        except Exception as exc:  # an engine bug: report it and go on, as the runtime does
-            self.invariants.append(f"+{line.at:.3f} s: the engine raised {type(exc).__name__}: {exc}")
+        commands = self._client(event, text, text, line.at, line.rejected)
+        if commands is None:
             return
-        else:
-            self._note(at, "client", "xferd", text)
-            rejected = None
-            self._apply(commands)
-            if line.action == "monitor":
-                self._bind_monitor(index, line)
-            elif line.action == "hangup" and not any(isinstance(c, PbxRequest) for c in commands):
-                self._bind_direct_hangup(index, channel)
-            self._drain()
-        if rejected != line.rejected:
-            said = f"rejected ({line.rejected})" if line.rejected else "accepted"
-            did = f"rejected it ({rejected})" if rejected else "accepted it"
-            self._diverged(f"{text} was {said} in the recording; the replay {did}")
+        if line.action == "monitor":
+            self._bind_monitor(index, line)
+        elif line.action == "hangup" and not any(isinstance(c, PbxRequest) for c in commands):
+            self._bind_direct_hangup(index, channel)
 
     def _bind_monitor(self, index: int, line: SuperviseLine) -> None:
         """The recorded ``call/listen`` answering this monitor: the next one for that channel and monitor."""
