@@ -217,8 +217,20 @@ def rules(args: argparse.Namespace) -> int:
     return run_test(ruleset, args.scenarios, as_json=args.json)
 
 
+def version() -> str:
+    """The installed package's version (its metadata: one source, pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("xferd")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xferd", description="Event-driven attended-transfer service.")
+    parser.add_argument("--version", action="version", version=f"xferd {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS:
         child = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from adapters.replay import timeline
+from adapters.replay.examples import bundled
 from adapters.replay.format import Scenario, ScenarioError, collector_paused, discover, read
 from adapters.replay.runner import replay
 from engine.model import CallsSnapshot, Event
@@ -34,7 +35,16 @@ def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register ``replay`` and ``record`` on ``xferd``'s subparsers."""
     about = "replay recorded scenarios on a virtual clock and check their expectations"
     parser = subparsers.add_parser("replay", help=about, description=about)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="scenario files, or folders of *.jsonl")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="scenario files, or folders of *.jsonl")
+    examples = sorted(bundled())
+    parser.add_argument(
+        "--example",
+        action="append",
+        default=[],
+        choices=examples,
+        metavar="NAME",
+        help=f"a scenario bundled with xferd (repeatable): {', '.join(examples)}",
+    )
     parser.add_argument("--timeline", action="store_true", help="print who did what when, per scenario")
     parser.add_argument(
         "--mermaid", metavar="FILE", help="write a Mermaid sequence diagram of the scenario ('-': stdout)"
@@ -63,11 +73,15 @@ def replay_command(args: argparse.Namespace) -> int:
     and the timeline is built only when ``--timeline`` or ``--mermaid`` asks for it.
     """
     # Freeze only when nothing else is frozen: unfreezing at the end must give back ours alone.
+    # getattr: callers that build the Namespace themselves (bench) predate --example.
+    paths = [*args.paths, *(bundled()[name] for name in getattr(args, "example", ()))]
+    if not paths:
+        return _fail("replay: give scenario files or folders (PATH...), or --example NAME")
     freeze = gc.get_freeze_count() == 0
     try:
         try:
             with collector_paused(freeze=freeze):
-                scenarios = [read(path) for path in discover(args.paths)]
+                scenarios = [read(path) for path in discover(paths)]
         except ScenarioError as exc:
             return _fail(str(exc))
         return _replay_all(scenarios, args)
