@@ -57,7 +57,7 @@ def test_a_hangup_is_the_transfers_request_or_the_services_own() -> None:
     direct = replay(read(LIBRARY / "supervisor-listen-then-barge.jsonl"))
     assert direct.passed
     assert [m.request.action for m in direct.made] == ["start", "complete"]
-    assert any(entry.text.startswith("supervisor's hangup") for entry in direct.timeline)
+    assert any(entry.text.startswith("supervisor's call/hangup") for entry in direct.timeline)
 
 
 def test_the_timeline_shows_the_supervisor(tmp_path: Path) -> None:
@@ -65,8 +65,8 @@ def test_the_timeline_shows_the_supervisor(tmp_path: Path) -> None:
     texts = [entry.text for entry in report.timeline if entry.source == "client"]
     assert any(text.startswith("listen 2001 on PJSIP/2005-") for text in texts)
     assert any(text.startswith("barge 2001 on PJSIP/2005-") for text in texts)
-    answers = [entry.text for entry in report.timeline if "for monitor" in entry.text]
-    assert len(answers) == 2 and all(text.startswith("ok for monitor") for text in answers)
+    answers = [entry.text for entry in report.timeline if entry.text.startswith("supervisor's call/listen")]
+    assert len(answers) == 2 and all(text.endswith("→ ok") for text in answers)
 
 
 @pytest.mark.parametrize(
@@ -82,3 +82,42 @@ def test_bad_supervise_lines_name_the_line(tmp_path: Path, line: dict[str, objec
     with pytest.raises(ScenarioError) as error:
         read(write(tmp_path / "bad.jsonl", lines))
     assert "bad.jsonl:2" in str(error.value) and words in str(error.value)
+
+
+async def test_a_webex_recording_with_supervisor_actions_replays(tmp_path: Path) -> None:
+    """Webex: a barge-in (its call claimed by the answer's callId), a park, the service's own
+    hang-up, then a transfer — recorded live against the Webex simulator, replayed to the same."""
+    from adapters.base import ActionResult, CallAction
+    from adapters.replay.live import WebexLiveRecording
+    from adapters.service import call_actions
+    from engine.model import Policy
+
+    out = tmp_path / "webex.jsonl"
+    colleague, target = "+15554000001", "+15554000002"
+    async with WebexLiveRecording(
+        out, name="webex-supervisor", description="barge, park, hangup, transfer", policy=Policy()
+    ) as rec:
+        rec.sim.colleague_on_call(colleague)
+        rec.sim.set_party(target, answer_after=0.1)
+        first = await rec.call("+15554000010")
+        barge = CallAction("monitor", extension=rec.sim.user_number, mode="barge", target=colleague)
+        result = await call_actions.monitor(rec.runtime, barge, leg_number=None)
+        assert result.outcome == "ok" and result.call_id
+        barge_call = result.call_id
+        await rec.until(lambda: rec.runtime.engine.monitors.is_monitor(barge_call))
+        parked = await rec.park(first)
+        assert isinstance(parked, ActionResult) and parked.outcome == "ok", parked
+        await rec.until(lambda: rec.leg_status(first) is None)
+        hung_up = await rec.hangup(barge_call)  # the user's barge-in call: no transfer holds it
+        assert isinstance(hung_up, ActionResult) and hung_up.outcome == "ok", hung_up
+        await rec.until(lambda: rec.leg_status(barge_call) is None)
+        second = await rec.call("+15554000011")
+        assert rec.start("t1", target, channel_id=second) is None
+        await rec.reach("t1")
+        await rec.settle(quiet_s=0.1)
+        assert rec.resource("t1")["state"] == "completed"
+    report = replay(read(out))
+    assert report.passed, [report.summary(), *report.details()]
+    texts = [entry.text for entry in report.timeline]
+    assert any(text.startswith("supervisor's /telephony/calls/bargeIn") for text in texts)
+    assert any(text.startswith("supervisor's /telephony/calls/hangup") for text in texts)
