@@ -436,21 +436,15 @@ class _YeastarPbx:
     def supervised(self, index: int, line: SuperviseLine, direct: bool) -> int | None:
         inputs = self.host.scenario.inputs
         if direct:  # a call/hangup no engine request will claim
-            queue = self.answers.get(("hangup", line.channel_id or "", None))
-            later = next((i for i in queue or () if i > index), None)
-            if queue is not None and later is not None:
-                queue.remove(later)
-            return later
-        return next(
-            (
-                later
-                for later in range(index + 1, len(inputs))
-                if isinstance(found := inputs[later], RequestLine)
-                and found.endpoint == "call/listen"
+            return take_after(self.answers.get(("hangup", line.channel_id or "", None)), index)
+        return next_answer(
+            inputs,
+            index,
+            lambda found: (
+                found.endpoint == "call/listen"
                 and found.body.get("channel_id") == line.channel_id
                 and found.body.get("monitor") == line.monitor
             ),
-            None,
         )
 
     def outcome(self, line: RequestLine) -> tuple[Outcome, str | None]:
@@ -858,6 +852,27 @@ def request_text(line: RequestLine) -> str:
     params = " ".join(f"{k}={v}" for k, v in line.body.items() if isinstance(v, str | int))
     status = f" {line.status}" if line.status else ""
     return f"{line.endpoint}{' ' + params if params else ''} → {line.result}{status}"
+
+
+def take_after(queue: deque[int] | None, index: int) -> int | None:
+    """Take the first recorded answer after line ``index`` out of ``queue`` (engine requests may
+    no longer claim it); None if there is none."""
+    later = next((i for i in queue or () if i > index), None)
+    if queue is not None and later is not None:
+        queue.remove(later)
+    return later
+
+
+def next_answer(inputs: Sequence[Input], index: int, wanted: Callable[[RequestLine], bool]) -> int | None:
+    """The first recorded request line after ``index`` that is ``wanted``; None if there is none."""
+    return next(
+        (
+            later
+            for later in range(index + 1, len(inputs))
+            if isinstance(found := inputs[later], RequestLine) and wanted(found)
+        ),
+        None,
+    )
 
 
 def unclaimed(

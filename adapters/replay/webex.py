@@ -56,7 +56,7 @@ import structlog
 
 from adapters.base import Observer
 from adapters.replay.format import FrameLine, RequestLine, Scenario, SuperviseLine, compact
-from adapters.replay.runner import event_text, request_text, unclaimed
+from adapters.replay.runner import event_text, next_answer, request_text, take_after, unclaimed
 from adapters.webex.adapter import CALLS, RECONCILE, WebexAdapter
 from adapters.webex.client import ErrorKind, WebexClient, WebexError, redact
 from adapters.webex.events import call_id_of
@@ -350,19 +350,8 @@ class WebexPbx:
         inputs = self.host.scenario.inputs
         if direct:  # the service hung the user's call up itself: no engine request claims it
             key = _key(f"{CALLS}/hangup", {"callId": call_id_of(line.channel_id or "")})
-            queue = self.queues.get(key)
-            later = next((i for i in queue or () if i > index), None)
-            if queue is not None and later is not None:
-                queue.remove(later)
-            return later
-        return next(
-            (
-                later
-                for later in range(index + 1, len(inputs))
-                if isinstance(found := inputs[later], RequestLine) and found.endpoint == f"{CALLS}/bargeIn"
-            ),
-            None,
-        )
+            return take_after(self.queues.get(key), index)
+        return next_answer(inputs, index, lambda found: found.endpoint == f"{CALLS}/bargeIn")
 
     def outcome(self, line: RequestLine) -> tuple[Outcome, str | None]:
         try:
