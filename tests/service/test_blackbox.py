@@ -103,6 +103,8 @@ async def test_target_answers_complete(xf: Xferd) -> None:
     assert accepted_ops(xf.sim, channel) == ["complete"]
     # the caller now talks to the target
     assert xf.sim.channel_of(target)
+    metrics = (await xf.get("/metrics")).text
+    assert 'xferd_pbx_requests_total{endpoint="call/transfer",result="ok"}' in metrics
 
 
 async def test_target_answers_threeway_then_transferor_leaves(xf: Xferd) -> None:
@@ -259,7 +261,6 @@ async def test_auth_and_validation(xf: Xferd) -> None:
     assert response.status_code == 404 and response.json()["error"] == "not_found"
     metrics = (await xf.get("/metrics")).text
     assert "xferd_decision_latency_seconds_bucket" in metrics
-    assert 'xferd_pbx_requests_total{endpoint="call/transfer",result="ok"}' in metrics
 
 
 async def test_pbx_refusal_is_502(xf: Xferd) -> None:
