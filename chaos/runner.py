@@ -279,11 +279,13 @@ async def _latest(world: Any, transfer_id: str) -> dict[str, Any] | None:
 
 
 async def cleanup(world: Any, run: Any, webex: bool) -> None:
-    """Hang up the run's legs, reset the fault switches, wait for the PBX link."""
+    """Hang up the run's legs, reset the fault switches, wait for the PBX link (a Webex
+    service whose token was refused is restarted first: its link stays down otherwise)."""
     if webex:
         world.clear_faults()
         ended = [run.original, *(c.id for c in world.sim._calls.values() if c.remote_number in run.numbers)]
         world.hang_up_all(ended)
+        await world.restart_if_token_refused()
     else:
         world.sim.clear_faults()
         world.hang_up_all([run.receptionist, run.caller, *run.numbers])
