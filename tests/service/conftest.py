@@ -163,8 +163,9 @@ class ApiClient:
     async def _launch(self, env: dict[str, str]) -> None:
         """Start ``xferd run --config`` and wait for its ``service_started`` line.
 
-        A start that fails (no such line within :data:`START_WITHIN_S`, or the
-        process exited) kills the process before failing: nothing is left running.
+        A start that fails (no such line within :data:`START_WITHIN_S`, the
+        process exited, or the caller gave up and cancelled) kills the process
+        before failing: nothing is left running.
         """
         self.port = 0
         self._started.clear()
@@ -176,16 +177,19 @@ class ApiClient:
         try:
             async with asyncio.timeout(START_WITHIN_S):
                 await self._started.wait()
-        except TimeoutError:
+        except BaseException as exc:
             await self._stop_process()
-            raise AssertionError("xferd did not start:\n" + "\n".join(self.lines[-20:])) from None
+            if isinstance(exc, TimeoutError):
+                raise AssertionError("xferd did not start:\n" + "\n".join(self.lines[-20:])) from None
+            raise
         if not self.port:
             await self._stop_process()
             raise AssertionError("xferd exited:\n" + "\n".join(self.lines[-20:]))
         self.http.base_url = httpx.URL(f"http://127.0.0.1:{self.port}")
 
     async def _until_healthy(self) -> None:
-        """Wait for ``/healthz`` 200 after :meth:`_launch`; kill the process if it never comes."""
+        """Wait for ``/healthz`` 200 after :meth:`_launch`; kill the process if it never comes
+        (or the caller gave up)."""
         try:
             await until_http(lambda r: r.status_code == 200, self.http, "/healthz", START_WITHIN_S)
         except BaseException:
