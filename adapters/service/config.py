@@ -37,13 +37,21 @@ from engine.model import Policy
 #: ``XFERD_PBX_<NAME>_CLIENT_SECRET`` (see :func:`pbx_env_name`); the plain
 #: ``XFERD_PBX_*`` names apply when exactly one PBX is configured.
 SECRET_ENV: dict[str, tuple[str, str]] = {
+    "XFERD_PBX_CLIENT_ID": ("pbx", "client_id"),  # not a secret: it goes with the client secret
     "XFERD_PBX_CLIENT_SECRET": ("pbx", "client_secret"),
     "XFERD_PBX_ACCESS_TOKEN": ("pbx", "access_token"),
+    "XFERD_PBX_REFRESH_TOKEN": ("pbx", "refresh_token"),
     "XFERD_WEBHOOK_SECRET": ("pbx", "webhook_secret"),
     "XFERD_API_TOKEN": ("api", "token"),
 }
 #: The PBX keys that may come from the environment, per ``[[pbx]]`` entry.
-PBX_SECRET_KEYS: tuple[str, ...] = ("client_secret", "access_token", "webhook_secret")
+PBX_SECRET_KEYS: tuple[str, ...] = (
+    "client_id",
+    "client_secret",
+    "access_token",
+    "refresh_token",
+    "webhook_secret",
+)
 #: The name a single ``[pbx]`` table (no ``name`` key) gets.
 DEFAULT_PBX_NAME = "default"
 
@@ -60,21 +68,35 @@ class ConfigError(Exception):
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Attribute docstrings become the keys' descriptions: the configuration
+    # reference in the docs is generated from these models (docsgen/config_ref.py).
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 def _http_url(value: str) -> str:
+    """An `http://` or `https://` URL (a trailing `/` is dropped)."""
     if not value.startswith(("http://", "https://")) or len(value.split("://", 1)[1]) == 0:
         raise ValueError("an http:// or https:// URL")
     return value.rstrip("/")
 
 
 class PolicyConfig(_Table):
+    """How the service drives a transfer by itself (contract §4); a request may override each key."""
+
     on_answer: Literal["complete", "threeway", "hold"] = "complete"
+    """What to do once the target answers: complete the transfer, join all three (not on Webex),
+    or nothing (an operator completes or aborts)."""
     answer_delay_s: Annotated[float, Field(ge=0, strict=True)] = 0.0
+    """Seconds to wait after the target answers before applying `on_answer` (time for the target
+    to hear who is calling)."""
     no_answer_timeout_s: Seconds = 20.0
+    """The target must answer within this many seconds, else the consultation is aborted (and the
+    next fallback number tried)."""
     on_transferor_hangup: Literal["complete", "abort"] = "complete"
+    """What the transferor hanging up during the consultation means (Yeastar; on Webex it cannot be
+    told apart from the target hanging up)."""
     fallback_numbers: tuple[NonEmpty, ...] = ()
+    """Targets tried in turn, as new attempts of the same transfer, after no answer or busy."""
 
     def engine_policy(self) -> Policy:
         return Policy(
@@ -87,45 +109,109 @@ class PolicyConfig(_Table):
 
 
 class YeastarPbx(_Table):
+    """A Yeastar P-Series PBX, reached through its OpenAPI (an API application on the PBX)."""
+
     kind: Literal["yeastar"]
+    """The platform."""
     name: PbxName = DEFAULT_PBX_NAME
-    #: Overrides of the top-level ``[policy]`` for this PBX's transfers.
+    """The PBX's name in URLs (`?pbx=`), resources, metrics and env variables; with several
+    `[[pbx]]` entries each needs its own."""
     policy: PolicyConfig | None = None
+    """Overrides of the top-level `[policy]` for this PBX's transfers (`[pbx.policy]`)."""
     base_url: NonEmpty
+    """The PBX's web address, e.g. `https://192.168.5.150:8088` (`http://` allowed)."""
     client_id: NonEmpty
+    """The Client ID of the API application (PBX: Integrations → API)."""
     client_secret: Secret
+    """The Client Secret of the API application."""
     verify_tls: StrictBool = True
+    """Verify the PBX's TLS certificate. Prefer `ca_file` to turning this off."""
     ca_file: Path | None = None
+    """A PEM file of the CA (or the self-signed certificate) to trust for the PBX."""
     topics: tuple[StrictInt, ...] = (30011, 30012, 30015)
+    """The event topics to subscribe to (30011 call status, 30012 call end, 30015 call failed)."""
 
     _url = field_validator("base_url")(_http_url)
 
 
 class WebexPbx(_Table):
+    """Webex Calling, acting for one Calling user: the owner of the access token."""
+
     kind: Literal["webex"]
+    """The platform."""
     name: PbxName = DEFAULT_PBX_NAME
-    #: Overrides of the top-level ``[policy]`` for this PBX's transfers.
+    """The PBX's name in URLs (`?pbx=`, `/v1/webhooks/webex/<name>`), resources, metrics and env
+    variables; with several `[[pbx]]` entries each needs its own."""
     policy: PolicyConfig | None = None
+    """Overrides of the top-level `[policy]` for this PBX's transfers (`[pbx.policy]`)."""
     base_url: NonEmpty = "https://webexapis.com/v1"
-    access_token: Secret
+    """The Webex API's base address."""
+    access_token: Secret | None = None
+    """A static access token with scopes `spark:calls_read` and `spark:calls_write` (a personal access
+    token lasts 12 hours: for a try-out). Give either this or the integration's `client_id`,
+    `client_secret` (and `refresh_token`, or let `xferd webex authorize` store one)."""
+    client_id: NonEmpty | None = None
+    """The Webex integration's Client ID: its tokens renew themselves (no restart after 12 hours)."""
+    client_secret: Secret | None = None
+    """The Webex integration's Client Secret."""
+    refresh_token: Secret | None = None
+    """An integration refresh token to start from; the latest one Webex returns is kept in the store
+    (and wins while it descends from this one). Optional once `xferd webex authorize` stored one."""
     webhook_secret: Secret
+    """The secret webhook deliveries are signed with (`X-Spark-Signature`)."""
     events: Literal["webhook", "poll"] = "webhook"
+    """How call events arrive: signed webhook deliveries (needs a public HTTPS address) or polling
+    `GET /telephony/calls`."""
     public_url: NonEmpty | None = None
+    """The public address Webex reaches the service at: set, the service registers its webhook
+    at start-up and deletes it at shutdown; unset, register it yourself."""
     poll_interval_s: Seconds = 2.0
+    """With `events = "poll"`: seconds between two reads of the user's calls (at least 0.1)."""
     # Optional: Webex call objects never carry the user's own number, so without it the
     # user's legs show number "" (extension requests still resolve: see the API).
     user_number: NonEmpty | None = None
+    """The token owner's own number: shown as the transferor's number, and an `extension`
+    naming anyone else is refused."""
 
     _url = field_validator("base_url", "public_url")(_http_url)
 
     @field_validator("poll_interval_s")
     @classmethod
     def _within_rate_limits(cls, value: float) -> float:
+        """At least 0.1 seconds."""
         # Webex publishes no call-control rate limit (a 429 stretches the interval
         # anyway); the floor only keeps a typo such as 0.001 from hammering the API.
         if value < 0.1:
             raise ValueError("at least 0.1 seconds (Webex rate-limits the API)")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> WebexPbx:
+        oauth = [
+            key for key in ("client_id", "client_secret", "refresh_token") if getattr(self, key) is not None
+        ]
+        if self.access_token is not None and oauth:
+            raise _KeyError(
+                ("pbx", "access_token"),
+                f"give either access_token or an integration's client_id/client_secret, not both "
+                f"(also set: {', '.join(oauth)})",
+            )
+        if self.client_id is None and oauth:
+            raise _KeyError(("pbx", "client_id"), f"required with {oauth[0]}")
+        if self.access_token is None and self.client_id is None:
+            raise _KeyError(
+                ("pbx", "access_token"), "required (or an integration's client_id and client_secret)"
+            )
+        if self.client_id is not None and self.client_secret is None:
+            raise _KeyError(
+                ("pbx", "client_secret"), "required with client_id (or env XFERD_PBX_CLIENT_SECRET)"
+            )
+        return self
+
+    @property
+    def oauth(self) -> bool:
+        """Tokens from an integration (renewing) rather than a static access token."""
+        return self.client_id is not None
 
 
 class UserConfig(_Table):
@@ -136,19 +222,29 @@ class UserConfig(_Table):
     """
 
     name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")]
+    """The user's name, as the audit log and `initiated_by` show it; unique."""
     role: Role
+    """What the user may do: `viewer` < `operator` < `supervisor` < `admin`."""
     token_hash: Annotated[str, Field(pattern=TOKEN_HASH_PATTERN)]
+    """The SHA-256 hash of the user's token, as `xferd token new` prints it; unique."""
 
 
 class ApiConfig(_Table):
+    """The control API (and the Webex webhook receiver)."""
+
     listen: NonEmpty = "127.0.0.1:8765"
+    """`host:port` the control API listens on (`[::1]:8765` for IPv6; port 0: any free port)."""
     #: The single shared token of earlier versions: it acts as a user named ``admin`` with role admin.
     token: Secret | None = None
+    """A bearer token that acts as the user `admin` (role admin). Required, unless `[[api.users]]`
+    are configured, when `listen` is not a loopback address."""
     users: tuple[UserConfig, ...] = ()
+    """The users allowed to use the API, each with a role and a token (`[[api.users]]`)."""
 
     @field_validator("users")
     @classmethod
     def _unique_users(cls, users: tuple[UserConfig, ...]) -> tuple[UserConfig, ...]:
+        """Each user's `name` and `token_hash` are unique."""
         names = [user.name for user in users]
         hashes = [user.token_hash for user in users]
         if len(set(names)) != len(names):
@@ -160,6 +256,7 @@ class ApiConfig(_Table):
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str) -> str:
+        """`host:port`, the port 0–65535."""
         split_listen(value)
         return value
 
@@ -173,13 +270,18 @@ class ApiConfig(_Table):
 
 
 class StoreConfig(_Table):
+    """Where transfers, idempotency keys and the audit log are kept."""
+
     path: Path = Path("xferd.sqlite3")
+    """The SQLite file (relative paths: next to the config file); state survives restarts."""
 
 
 class RecordConfig(_Table):
     """``[record] path = "incident.jsonl"``: record this run as a replayable scenario."""
 
     path: Path | None = None
+    """Record this run to this JSONL scenario file (one Yeastar PBX only; relative paths: next to
+    the config file)."""
 
 
 class RulesConfig(_Table):
@@ -197,11 +299,17 @@ class Config(_Table):
     unless it says otherwise)."""
 
     pbx: tuple[PbxTable, ...]
+    """The PBX(s) to drive: one `[pbx]` table or several `[[pbx]]` entries."""
     api: ApiConfig = ApiConfig()
+    """The control API."""
     store: StoreConfig = StoreConfig()
+    """Persistence."""
     policy: PolicyConfig = PolicyConfig()
+    """Defaults for every transfer (a PBX's `[pbx.policy]` and each request may override them)."""
     record: RecordConfig = RecordConfig()
+    """Recording the run as a replayable scenario."""
     rules: RulesConfig = RulesConfig()
+    """Automated call-routing rules."""
 
     @model_validator(mode="before")
     @classmethod
@@ -213,17 +321,19 @@ class Config(_Table):
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        """- At least one PBX; each PBX's `name` unique.
+        - `[record].path` only with exactly one PBX, of kind `yeastar`.
+        - `[api].token` (or `[[api.users]]`) when `[api].listen` is not a loopback address.
+        - `on_answer = "threeway"` never applies to a Webex PBX (`[policy]` or its `[pbx.policy]`).
+        """
         if not self.pbx:
             raise _KeyError(("pbx",), "at least one PBX")
         names = [pbx.name for pbx in self.pbx]
         for index, name in enumerate(names):
             if name in names[:index]:
                 raise _KeyError(("pbx", str(index), "name"), f"unique (two PBXs are named {name!r})")
-        if self.record.path is not None and (len(self.pbx) != 1 or self.pbx[0].kind != "yeastar"):
-            raise _KeyError(
-                ("record", "path"),
-                'only with one [pbx] of kind = "yeastar" (Webex runs cannot be replayed yet)',
-            )
+        if self.record.path is not None and len(self.pbx) != 1:
+            raise _KeyError(("record", "path"), "only with one [pbx] (a recording holds one PBX's events)")
         if self.api.token is None and not self.api.users and not is_loopback(self.api.host):
             raise _KeyError(("api", "token"), "required when [api].listen is not a loopback address")
         for index, pbx in enumerate(self.pbx):
@@ -355,7 +465,12 @@ def describe(exc: ValidationError, data: Mapping[str, Any] | None = None) -> str
     elif kind == "value_error":
         ctx_error = first.get("ctx", {}).get("error")
         if isinstance(ctx_error, _KeyError):
-            loc, expected = ctx_error.loc, ctx_error.expected
+            # A PBX table's own check names its key; keep which entry it is in.
+            inner = ctx_error.loc[:1] == ("pbx",) and not (
+                len(ctx_error.loc) > 1 and ctx_error.loc[1].isdigit()
+            )
+            entry = loc[1:2] if inner and len(loc) > 1 and loc[0] == "pbx" and loc[1].isdigit() else ()
+            loc, expected = (*ctx_error.loc[:1], *entry, *ctx_error.loc[1:]), ctx_error.expected
         else:
             expected = str(ctx_error) if ctx_error is not None else first["msg"]
     else:

@@ -60,51 +60,95 @@ class RulesError(Exception):
 
 
 class _Table(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    # Attribute docstrings are the keys' descriptions in the docs' generated rules-file reference.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, use_attribute_docstrings=True
+    )
 
 
 class CalendarTable(_Table):
+    """A calendar: weekly opening hours, holidays and closures, evaluated Holiday → Closed → Open."""
+
     name: Name
+    """The calendar's name: conditions read it as `calendars.<name>` (`"open"`, `"closed"`, `"holiday"`)."""
     zone: Annotated[str, Field(min_length=1)]
+    """The IANA time zone of its hours and dates (DST moves the hours with the wall clock)."""
     hours: dict[str, list[str]] = Field(default_factory=dict)
+    """Weekly opening hours by day (`mon` … `sun`): local `"HH:MM-HH:MM"` ranges, none over midnight."""
     holidays: list[str] = Field(default_factory=list)
+    """Holiday dates: `"YYYY-MM-DD"` or `"first..last"`."""
     closed: list[str] = Field(default_factory=list)
+    """One-off closures: `"YYYY-MM-DD"` or `"first..last"`."""
 
 
 class RateLimit(_Table):
+    """At most `count` transfers started by the rule per `per_s` seconds."""
+
     count: Annotated[StrictInt, Field(ge=1, le=100000)]
+    """How many transfers the rule may start per window."""
     per_s: Annotated[float, Field(gt=0, le=86400, strict=True)] = 60.0
+    """The window, in seconds."""
 
 
 class ThenTable(_Table):
+    """What a rule does: exactly one of `attended`, `blind` or `ask`."""
+
     attended: Number | None = None
+    """Start an attended transfer to this number (a literal or a template such as `"{call.called}"`)."""
     blind: Number | None = None
+    """Blind-transfer the other party to this number (a literal or a template)."""
     ask: Annotated[str, Field(pattern=r"^https?://\S+$")] | None = None
+    """Ask this URL: xferd POSTs `{"rule", "ask_id", "facts"}` and expects `{"number", "type", "policy"}`
+    or `{"skip": true}`."""
     policy: dict[str, Any] = Field(default_factory=dict)
+    """The transfer's policy overrides (the keys of `[policy]`)."""
     timeout_s: Annotated[float, Field(gt=0, le=30, strict=True)] = 2.0
+    """With `ask`: how long to wait for an answer."""
     retries: Annotated[StrictInt, Field(ge=0, le=5)] = 1
+    """With `ask`: how many times to ask again after a failure."""
     backoff_s: Annotated[float, Field(ge=0, le=10, strict=True)] = 0.2
+    """With `ask`: the wait before the first retry, doubling after each."""
 
 
 class RuleTable(_Table):
+    """One rule; the first matching rule wins unless it says `continue = true`."""
+
     name: Name
+    """The rule's name, in `initiated_by = "rule:<name>"`, `/v1/rules`, metrics and logs."""
     on: Literal["call.answered", "call.ringing", "call.held", "transfer.ended"]
+    """The trigger: an extension's leg starts talking, starts ringing, goes on hold; or a transfer
+    reached a final state."""
     then: ThenTable
+    """What to do when the rule matches."""
     enabled: StrictBool = True
+    """A disabled rule is loaded and checked but never evaluated."""
     mode: Literal["enforce", "shadow"] = "enforce"
+    """`shadow`: evaluate, count and log what the rule would send, and send nothing."""
     if_: str | None = Field(default=None, alias="if")
+    """A CEL condition, compiled and type-checked at load (no condition: always)."""
     after_s: Seconds = 0.0
+    """Delay the rule; dropped if the call ends or moves on meanwhile."""
     continue_: StrictBool = Field(default=False, alias="continue")
+    """Go on evaluating the next rules after this one matched."""
     extensions: list[Number] = Field(default_factory=list)
+    """Only for these extensions (for `transfer.ended`: the transferor); empty: any."""
     zone: str | None = None
+    """The zone of `now` in this rule's condition (default: the file's `zone`)."""
     rate_limit: RateLimit | None = None
+    """At most so many transfers started by this rule per window."""
 
 
 class RulesFile(_Table):
+    """The rules file: `[[calendars]]` and an ordered list of `[[rules]]`."""
+
     zone: str = "UTC"
+    """The IANA zone of `now` in conditions (a rule may set its own)."""
     max_auto_transfers: Annotated[StrictInt, Field(ge=0, le=100)] = 3
+    """Loop guard: at most this many rule transfers per call."""
     calendars: list[CalendarTable] = Field(default_factory=list)
+    """Calendars the conditions can read."""
     rules: list[RuleTable] = Field(default_factory=list)
+    """The rules, in order."""
 
 
 # ----------------------------------------------------------------------------------
