@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from adapters.yeastar.simulator import PbxSimulator, Phone
-from tests.service.conftest import API_TOKEN, XFERD, Xferd, write_config
+from tests.service.conftest import API_TOKEN, START_WITHIN_S, XFERD, Xferd, write_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -292,7 +292,7 @@ async def test_bad_pbx_credentials_exit_1_with_one_line(sim: PbxSimulator, tmp_p
     done = await asyncio.create_subprocess_exec(
         *XFERD, "run", "--config", str(config), env=env, stderr=asyncio.subprocess.PIPE
     )
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(START_WITHIN_S):
         _, err = await done.communicate()
     lines = err.decode().splitlines()
     assert done.returncode == 1
