@@ -279,11 +279,13 @@ async def _latest(world: Any, transfer_id: str) -> dict[str, Any] | None:
 
 
 async def cleanup(world: Any, run: Any, webex: bool) -> None:
-    """Hang up the run's legs, reset the fault switches, wait for the PBX link."""
+    """Hang up the run's legs, reset the fault switches, wait for the PBX link (a Webex
+    service whose token was refused is restarted first: its link stays down otherwise)."""
     if webex:
         world.clear_faults()
         ended = [run.original, *(c.id for c in world.sim._calls.values() if c.remote_number in run.numbers)]
         world.hang_up_all(ended)
+        await world.restart_if_token_refused()
     else:
         world.sim.clear_faults()
         world.hang_up_all([run.receptionist, run.caller, *run.numbers])
@@ -293,16 +295,42 @@ async def cleanup(world: Any, run: Any, webex: bool) -> None:
 # -- a fault kind ------------------------------------------------------------------------------------
 
 
-async def settled_resources(world: World) -> dict[str, int]:
-    """The world's resources once nothing is in flight (bounded wait)."""
+#: How long the world may take to settle after a run: a store retry backs off up to 10 s.
+SETTLE_DEADLINE_S = 30.0
+
+
+def _quiet(world: World) -> bool:
+    """Nothing in flight: the PBX link is up (its tasks exist, none is being replaced), no
+    queue, no timer, no unsaved transfer waiting for its store retry, no live transfer."""
     runtime = world.svc.runtime
-    await until(
-        lambda: not runtime._queues and not runtime._timers and not world.svc.runtime.engine.transfers(True),
-        within_s=10,
-        step_s=0.02,
+    return bool(
+        world.svc.adapter.connected
+        and not runtime._queues
+        and not runtime._timers
+        and not runtime._unsaved
+        and not runtime.engine.transfers(True)
     )
-    await asyncio.sleep(0.1)
-    return world.resources()
+
+
+async def settled_resources(world: World, baseline: dict[str, int] | None = None) -> dict[str, int]:
+    """The world's resources once nothing is in flight (bounded wait).
+
+    Sampled when :func:`_quiet` holds, never after a guessed sleep: a reconnect
+    (a token living 1.5 s is renewed every second) or a store retry changes the
+    task count for a moment.  With a ``baseline``, waits for a quiet moment that
+    is back to it: a leak never goes back, a task about to end does.
+    """
+    sample: dict[str, int] = {}
+
+    def settled() -> bool:
+        nonlocal sample
+        if not _quiet(world):
+            return False
+        sample = world.resources()
+        return baseline is None or not compare_resources(baseline, sample)
+
+    await until(settled, within_s=SETTLE_DEADLINE_S, step_s=0.02)
+    return sample or world.resources()
 
 
 async def run_kind(
@@ -327,7 +355,7 @@ async def run_kind(
             if index == 0 and isinstance(world, World):
                 result.baseline = await settled_resources(world)
         if isinstance(world, World) and runs:
-            result.end = await settled_resources(world)
+            result.end = await settled_resources(world, result.baseline)
             result.resource_problems = compare_resources(result.baseline, result.end)
     finally:
         await world.stop()

@@ -43,6 +43,7 @@ from adapters.service.config import (
 from adapters.service.metrics import Metrics, MetricsObserver
 from adapters.service.server import Service, secrets_of
 from adapters.webex import WebexAdapter, WebexSimulator
+from adapters.webex.adapter import TOKEN_REFUSED
 from adapters.yeastar.adapter import YeastarAdapter
 from adapters.yeastar.simulator import PbxSimulator, Phone, SimConfig
 
@@ -279,7 +280,8 @@ class World:
         (what the adapter hands any observer, as it hands it).
         """
         metrics_observer = MetricsObserver(self.metrics)
-        path = self.tmp / f"recording-{self.platform}.jsonl"
+        restarts = f"-{len(self.recordings)}" if self.recordings else ""
+        path = self.tmp / f"recording-{self.platform}{restarts}.jsonl"
         self.recorder: Recorder | RawRecording
         if self.platform == "yeastar":
             self.recorder = Recorder.open(
@@ -473,6 +475,25 @@ class WebexWorld(World):
 
     async def start(self) -> None:
         await self.sim.start()
+        await self._start_service()
+
+    async def restart_if_token_refused(self) -> bool:
+        """Restart the service if its link is down because Webex refused the token.
+
+        The README's remedy ("new transfers get 503 until xferd is restarted"): the
+        adapter's link follows the answers, so after a 401 it comes back only with a
+        later request that succeeds, and in webhook mode a down link refuses the
+        transfers that would make one.  Whether a run's last request came before or
+        after the token worked again is a race the run does not control; without
+        this, the next run may find the link down for good.
+        """
+        if self.svc.adapter.connected or self.svc.adapter.detail != TOKEN_REFUSED:
+            return False
+        await World.stop(self)
+        await self._start_service()
+        return True
+
+    async def _start_service(self) -> None:
         config = self.config()
 
         def adapter(observer: Observer) -> WebexAdapter:

@@ -24,6 +24,7 @@ from adapters.service.config import load
 from adapters.yeastar.simulator import PbxSimulator, Phone
 from engine.model import Policy
 from tests.replay.support import cli
+from tests.service.conftest import START_WITHIN_S
 
 CLIENT_SECRET = "sim-secret"  # the simulator's default
 
@@ -138,9 +139,10 @@ async def test_record_command_stops_cleanly_on_sigint(tmp_path: Path) -> None:
             stderr=asyncio.subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
         try:
-            await _wait_for(lambda: out.exists() and '"kind":"snapshot"' in out.read_text())
+            # A cold interpreter imports the whole service first: a generous bound.
+            await _wait_for(lambda: out.exists() and '"kind":"snapshot"' in out.read_text(), START_WITHIN_S)
             process.send_signal(signal.SIGINT)
-            async with asyncio.timeout(10):
+            async with asyncio.timeout(START_WITHIN_S):
                 _, err = await process.communicate()
         finally:
             if process.returncode is None:

@@ -142,15 +142,80 @@ def write_config(path: Path, sim: PbxSimulator, store: Path, **policy: Any) -> P
     return path
 
 
+#: Bound on an ``xferd run`` start-up (imports, store, PBX login, first ``/healthz`` 200): a cold
+#: start on a loaded 2-core machine takes seconds, and the bound only stops a broken start.
+START_WITHIN_S = 60.0
+
+
 class ApiClient:
     """An ``xferd run`` subprocess as a client sees it: its JSON log lines on
-    stderr and its control API (``http``, ``lines``, ``port``, ``_started`` are
-    set up by the subclass)."""
+    stderr and its control API (``config``, ``http``, ``lines``, ``port``,
+    ``proc``, ``_started``, ``_reader`` are set up by the subclass)."""
 
+    config: Path
     http: httpx.AsyncClient
     lines: list[str]
     port: int
+    proc: asyncio.subprocess.Process | None
     _started: asyncio.Event
+    _reader: asyncio.Task[None] | None
+
+    async def _launch(self, env: dict[str, str]) -> None:
+        """Start ``xferd run --config`` and wait for its ``service_started`` line.
+
+        A start that fails (no such line within :data:`START_WITHIN_S`, the
+        process exited, or the caller gave up and cancelled) kills the process
+        before failing: nothing is left running.
+        """
+        self.port = 0
+        self._started.clear()
+        self.proc = await asyncio.create_subprocess_exec(
+            *XFERD, "run", "--config", str(self.config), env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        self._reader = asyncio.create_task(self._read(self.proc))
+        try:
+            async with asyncio.timeout(START_WITHIN_S):
+                await self._started.wait()
+        except BaseException as exc:
+            await self._stop_process()
+            if isinstance(exc, TimeoutError):
+                raise AssertionError("xferd did not start:\n" + "\n".join(self.lines[-20:])) from None
+            raise
+        if not self.port:
+            await self._stop_process()
+            raise AssertionError("xferd exited:\n" + "\n".join(self.lines[-20:]))
+        self.http.base_url = httpx.URL(f"http://127.0.0.1:{self.port}")
+
+    async def _until_healthy(self) -> None:
+        """Wait for ``/healthz`` 200 after :meth:`_launch`; kill the process if it never comes
+        (or the caller gave up)."""
+        try:
+            await until_http(lambda r: r.status_code == 200, self.http, "/healthz", START_WITHIN_S)
+        except BaseException:
+            await self._stop_process()
+            raise
+
+    async def terminate(self) -> int:
+        """SIGTERM; the exit code (bounded: a shutdown that hangs fails the test)."""
+        assert self.proc is not None and self._reader is not None
+        self.proc.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(START_WITHIN_S):
+            code = await self.proc.wait()
+            await self._reader
+        return code
+
+    async def close(self) -> None:
+        await self._stop_process()
+        await self.http.aclose()
+
+    async def _stop_process(self) -> None:
+        """Kill the process if it still runs; wait for it and for its log reader."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+        if self._reader is not None:
+            await self._reader
 
     async def _read(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stderr is not None
@@ -204,25 +269,13 @@ class Xferd(ApiClient):
         self.lines: list[str] = []
         self.port = 0
         self._started = asyncio.Event()
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc = None
+        self._reader = None
         self.http = httpx.AsyncClient(headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10)
 
     async def start(self) -> Xferd:
-        env = {**os.environ, "XFERD_PBX_CLIENT_SECRET": self.sim.config.client_secret}
-        self.proc = await asyncio.create_subprocess_exec(
-            *XFERD, "run", "--config", str(self.config), env=env,
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        self._started.clear()
-        reader = asyncio.create_task(self._read(self.proc))
-        try:
-            async with asyncio.timeout(15):
-                await self._started.wait()
-        except TimeoutError:
-            raise AssertionError("xferd did not start:\n" + "\n".join(self.lines[-20:])) from None
-        self.http.base_url = httpx.URL(f"http://127.0.0.1:{self.port}")
-        self._reader = reader
-        await self.connected()
+        await self._launch({**os.environ, "XFERD_PBX_CLIENT_SECRET": self.sim.config.client_secret})
+        await self._until_healthy()
         return self
 
     async def connected(self, within_s: float = 10) -> None:
@@ -230,22 +283,7 @@ class Xferd(ApiClient):
 
     async def kill(self) -> None:
         assert self.proc is not None
-        self.proc.kill()
-        await self.proc.wait()
-        await self._reader
-
-    async def terminate(self) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            code = await self.proc.wait()
-            await self._reader
-        return code
-
-    async def close(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            await self.kill()
-        await self.http.aclose()
+        await self._stop_process()
 
     async def call_in(self, extension: str) -> str:
         """An outside caller talks to ``extension``; returns the extension's channel once xferd tracks it."""

@@ -19,7 +19,7 @@ import pytest
 import pytest_asyncio
 
 from adapters.yeastar.simulator import PbxSimulator, Phone
-from tests.service.conftest import API_TOKEN, XFERD, Xferd, write_config
+from tests.service.conftest import API_TOKEN, START_WITHIN_S, XFERD, Xferd, write_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -103,6 +103,8 @@ async def test_target_answers_complete(xf: Xferd) -> None:
     assert accepted_ops(xf.sim, channel) == ["complete"]
     # the caller now talks to the target
     assert xf.sim.channel_of(target)
+    metrics = (await xf.get("/metrics")).text
+    assert 'xferd_pbx_requests_total{endpoint="call/transfer",result="ok"}' in metrics
 
 
 async def test_target_answers_threeway_then_transferor_leaves(xf: Xferd) -> None:
@@ -259,7 +261,6 @@ async def test_auth_and_validation(xf: Xferd) -> None:
     assert response.status_code == 404 and response.json()["error"] == "not_found"
     metrics = (await xf.get("/metrics")).text
     assert "xferd_decision_latency_seconds_bucket" in metrics
-    assert 'xferd_pbx_requests_total{endpoint="call/transfer",result="ok"}' in metrics
 
 
 async def test_pbx_refusal_is_502(xf: Xferd) -> None:
@@ -291,7 +292,7 @@ async def test_bad_pbx_credentials_exit_1_with_one_line(sim: PbxSimulator, tmp_p
     done = await asyncio.create_subprocess_exec(
         *XFERD, "run", "--config", str(config), env=env, stderr=asyncio.subprocess.PIPE
     )
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(START_WITHIN_S):
         _, err = await done.communicate()
     lines = err.decode().splitlines()
     assert done.returncode == 1

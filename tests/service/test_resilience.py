@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from adapters.yeastar.simulator import PbxSimulator, Phone
-from tests.service.conftest import XFERD, Xferd, until_http, write_config
+from tests.service.conftest import START_WITHIN_S, XFERD, Xferd, until_http, write_config
 
 RECEPTIONIST, TARGET = "2000", "2005"
 
@@ -146,7 +146,7 @@ async def test_simulate_serves_until_sigterm() -> None:
         *XFERD, "simulate", "--port", "0", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
     assert proc.stdout is not None
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(START_WITHIN_S):
         first = (await proc.stdout.readline()).decode()
     base_url = first.split(" at ")[1].strip()
     assert base_url.startswith("http://127.0.0.1:")
@@ -156,6 +156,6 @@ async def test_simulate_serves_until_sigterm() -> None:
         )
     assert answer.json()["errcode"] == -1  # a PBX answer: bad credentials
     proc.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(START_WITHIN_S):
         await proc.communicate()
     assert proc.returncode == 0

@@ -21,7 +21,7 @@ import pytest
 import pytest_asyncio
 
 from adapters.yeastar.simulator import PbxSimulator, Phone
-from tests.service.conftest import XFERD, Xferd, until_http, write_config
+from tests.service.conftest import CALLER, XFERD, Xferd, until_http, write_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -124,6 +124,13 @@ async def setup(
     await service.close()
 
 
+def ring_in(xf: Xferd, extension: str) -> str:
+    """An outside caller talks to ``extension``; its channel.  Not ``Xferd.call_in``: that
+    waits to see the leg answered, which the rule changes at once (a poll can miss it)."""
+    xf.sim.place_call(CALLER, extension, inbound_trunk="trunk1")
+    return xf.sim.channel_of(extension)
+
+
 async def rule_transfer(xf: Xferd, rule: str, channel: str) -> dict[str, Any]:
     """The transfer ``rule`` started from ``channel`` (polled: the rule acts by itself)."""
 
@@ -143,7 +150,7 @@ async def rule_transfer(xf: Xferd, rule: str, channel: str) -> dict[str, Any]:
 
 async def test_rule_fires_on_answer_and_completes(setup: tuple[Xferd, Path, str]) -> None:
     xf, _, _ = setup
-    channel = await xf.call_in("3100")
+    channel = ring_in(xf, "3100")
     transfer = await rule_transfer(xf, "reception", channel)
     final = await xf.final(transfer["id"])
     assert (final["state"], final["reason"]) == ("completed", "policy")
@@ -164,7 +171,7 @@ async def test_rule_fires_on_answer_and_completes(setup: tuple[Xferd, Path, str]
 
 async def test_ask_rule_transfers_where_the_url_says(setup: tuple[Xferd, Path, str], crm: Crm) -> None:
     xf, _, _ = setup
-    channel = await xf.call_in("3102")
+    channel = ring_in(xf, "3102")
     transfer = await rule_transfer(xf, "crm", channel)
     final = await xf.final(transfer["id"])
     assert (final["state"], final["target"]["number"]) == ("completed", "3103")

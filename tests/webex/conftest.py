@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 from adapters.webex import WEBHOOK_PATH, WebexAdapter, WebexSimulator, WebhookReceiver
 from engine.model import CallEnded, CallFailed, CallUpdated, Event, Member
-from tests.service.conftest import API_TOKEN, XFERD, ApiClient, until_http
+from tests.service.conftest import API_TOKEN, ApiClient, until_http
 from tests.support import RecordingObserver
 
 
@@ -186,10 +185,10 @@ class WebexXferd(ApiClient):
         self.refresh_token = refresh_token
         self.lines: list[str] = []
         self.port = 0
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc = None
         self.http = httpx.AsyncClient(headers={"Authorization": f"Bearer {API_TOKEN}"}, timeout=10)
         self._started = asyncio.Event()
-        self._reader: asyncio.Task[None] | None = None
+        self._reader = None
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "XFERD_WEBHOOK_SECRET": self.sim.webhook_secret}
@@ -204,22 +203,10 @@ class WebexXferd(ApiClient):
     async def start(self, *, deliver: bool = True) -> WebexXferd:
         """Start and wait for ``/healthz`` 200; ``deliver``: have the simulator
         post its webhooks to this service (as a registered webhook would)."""
-        self.proc = await asyncio.create_subprocess_exec(
-            *XFERD, "run", "--config", str(self.config), env=self.env(),
-            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-        )  # fmt: skip
-        self._reader = asyncio.create_task(self._read(self.proc))
-        try:
-            async with asyncio.timeout(15):
-                await self._started.wait()
-        except TimeoutError:
-            raise AssertionError("xferd did not start:\n" + "\n".join(self.lines[-20:])) from None
-        if not self.port:
-            raise AssertionError("xferd exited:\n" + "\n".join(self.lines[-20:]))
-        self.http.base_url = httpx.URL(self.base_url)
+        await self._launch(self.env())
         if deliver:
             self.sim.deliver_to(self.webhook_url)
-        await until_http(lambda r: r.status_code == 200, self.http, "/healthz", 10)
+        await self._until_healthy()
         return self
 
     @property
@@ -229,22 +216,6 @@ class WebexXferd(ApiClient):
     @property
     def webhook_url(self) -> str:
         return self.base_url + WEBHOOK_PATH
-
-    async def terminate(self) -> int:
-        assert self.proc is not None and self._reader is not None
-        self.proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
-            code = await self.proc.wait()
-            await self._reader
-        return code
-
-    async def close(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-        if self._reader is not None:
-            await self._reader
-        await self.http.aclose()
 
     # -- the API, as a client uses it -------------------------------------------
     async def metric(self, name: str) -> float:

@@ -36,7 +36,7 @@ import pytest_asyncio
 
 from adapters.webex import WebexSimulator
 from adapters.webex.simulator import SimRequest
-from tests.service.conftest import API_TOKEN, XFERD
+from tests.service.conftest import API_TOKEN, START_WITHIN_S, XFERD
 from tests.webex.conftest import WebexXferd, free_loopback_port, webex_config
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -658,7 +658,7 @@ async def test_bad_token_at_start_exits_1_with_one_line(own_sim: WebexSimulator,
     done = await asyncio.create_subprocess_exec(
         *XFERD, "run", "--config", str(service.config), env=service.env(), stderr=asyncio.subprocess.PIPE
     )
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(START_WITHIN_S):
         _, err = await done.communicate()
     await service.http.aclose()
     assert done.returncode == 1
@@ -692,7 +692,7 @@ async def test_config_mistakes_are_exit_2_with_one_line(
     done = await asyncio.create_subprocess_exec(
         *XFERD, "run", "--config", str(config), env=service.env(), stderr=asyncio.subprocess.PIPE
     )
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(START_WITHIN_S):
         _, err = await done.communicate()
     assert done.returncode == 2
     assert err.decode().splitlines() == [f"xferd: config error in {config}: {problem}"]

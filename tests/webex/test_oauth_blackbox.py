@@ -24,7 +24,7 @@ import httpx
 from adapters.service.store import SqliteStore
 from adapters.webex import WebexSimulator
 from adapters.webex.oauth import CREDENTIAL_KIND
-from tests.service.conftest import XFERD, until_http
+from tests.service.conftest import START_WITHIN_S, XFERD, until_http
 from tests.webex.conftest import WebexXferd, webex_config
 
 TARGET = "+15553000001"
@@ -126,7 +126,7 @@ async def authorize_again(config: Path, sim: WebexSimulator) -> None:
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stdout is not None
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(START_WITHIN_S):
         assert (await proc.stdout.readline()).decode().startswith("Open this URL in a browser")
         url = (await proc.stdout.readline()).decode().strip()
         assert url.startswith(sim.base_url + "/authorize?client_id=sim-client-id&response_type=code")
@@ -185,7 +185,7 @@ async def run_exit(
     if access_token:
         env["XFERD_PBX_ACCESS_TOKEN"] = sim.access_token
     proc = await asyncio.create_subprocess_exec(*XFERD, *args, env=env, stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(START_WITHIN_S):
         _, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, err.decode()
@@ -218,7 +218,7 @@ async def test_an_integration_without_any_refresh_token_says_to_authorize(
     proc = await asyncio.create_subprocess_exec(
         *XFERD, "run", "--config", str(config), env=env, stderr=asyncio.subprocess.PIPE
     )
-    async with asyncio.timeout(15):
+    async with asyncio.timeout(START_WITHIN_S):
         _, err = await proc.communicate()
     assert proc.returncode == 1
     assert err.decode().splitlines()[-1] == (

@@ -7,7 +7,7 @@ import signal
 
 import httpx
 
-from tests.service.conftest import XFERD
+from tests.service.conftest import START_WITHIN_S, XFERD
 
 
 async def test_simulate_webex_serves_the_api_and_its_script_routes() -> None:
@@ -17,7 +17,7 @@ async def test_simulate_webex_serves_the_api_and_its_script_routes() -> None:
     )  # fmt: skip
     assert proc.stdout is not None
     try:
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(START_WITHIN_S):
             first = (await proc.stdout.readline()).decode()
             credentials = (await proc.stdout.readline()).decode()
             integration = (await proc.stdout.readline()).decode()
@@ -44,6 +44,6 @@ async def test_simulate_webex_serves_the_api_and_its_script_routes() -> None:
             assert bad.status_code == 400 and "answer_after" in bad.json()["message"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        async with asyncio.timeout(15):
+        async with asyncio.timeout(START_WITHIN_S):
             await proc.communicate()
     assert proc.returncode == 0
