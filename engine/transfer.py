@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
-from engine.chart import FINAL_STATES, STATES, TABLE, ChartModel, TransferChart
+from engine.chart import FINAL_STATES, STATES, TABLE, shared_chart
 from engine.errors import Rejected
 from engine.model import (
     OPS,
@@ -40,8 +41,13 @@ RECHECK_S = 5.0
 UNSENT_RETRY_S = 1.0
 
 
+@lru_cache(maxsize=1024)
 def iso(at: float) -> str:
-    """Event time → the contract's ISO-8601 UTC form with milliseconds."""
+    """Event time → the contract's ISO-8601 UTC form with milliseconds.
+
+    Cached: a transfer's resource is rebuilt on every change and repeats its
+    creation and history times each time (formatting is 4 µs, a hit 0.1 µs).
+    """
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -111,11 +117,11 @@ class Transfer:
         self.original_call_id = original_call_id
         self.created_at = created_at
         self.updated_at = created_at
-        # chart
+        # chart: the state value and its history; moves go through the shared chart
         if state is not None and state not in STATES:
             raise ValueError(f"unknown persisted state {state!r}")
-        self.model = ChartModel(state, history if history is not None else [])
-        self.chart = TransferChart(self.model)
+        self._state: str = state or "idle"
+        self.history: list[dict[str, Any]] = history if history is not None else []
         # facts
         self.attempt = 0
         self.attempt_started_at = created_at
@@ -148,11 +154,11 @@ class Transfer:
 
     @property
     def state(self) -> str:
-        return str(self.model.state)
+        return self._state
 
     @property
     def final(self) -> bool:
-        return self.model.state in FINAL_STATES
+        return self._state in FINAL_STATES
 
     @property
     def number(self) -> str:
@@ -203,7 +209,7 @@ class Transfer:
             "attempt": self.attempt + 1,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
-            "history": [{**h, "at": iso(h["at"])} for h in self.model.history],
+            "history": [{**h, "at": iso(h["at"])} for h in self.history],
         }
 
     # ------------------------------------------------------------------
@@ -485,7 +491,9 @@ class Transfer:
         return request
 
     def _send(self, event: str, at: float, trigger: str) -> None:
-        self.chart.send(event, trigger=trigger, at=at)
+        source = self._state
+        self._state = shared_chart().move(source, event)
+        self.history.append({"at": at, "from": source, "to": self._state, "trigger": trigger})
 
     def _arm(self, kind: str, at: float) -> None:
         tag = f"{kind}#{self.attempt}#{self.seq}"
@@ -705,7 +713,7 @@ class Transfer:
             "id": self.id,
             "type": self.type,
             "state": self.state,
-            "history": list(self.model.history),
+            "history": list(self.history),
             "policy": self.policy.as_dict(),
             "numbers": list(self.numbers),
             "transferor": [self.transferor_channel, self.transferor_number],
