@@ -138,7 +138,9 @@ class Transfer:
         self.transferee_gone = False
         self.complete_sent = False
         self.abort_resent = False  # bounds the re-sent abort of reconcile() to one
-        self.unsent_start = False  # a fallback start that never left, to retry
+        # An automatic request that never left (action, then, channel), to send again
+        # when nothing in the facts decides it anew (a start, a clean-up abort in idle).
+        self.unsent: tuple[Action, tuple[str, str], str] | None = None
         self.reason: str | None = None
         self.pending: Pending | None = None
         self.timers: dict[str, float] = {}  # armed timer tag → deadline
@@ -471,6 +473,7 @@ class Transfer:
         channel_id: str | None = None,
     ) -> PbxRequest:
         self.seq += 1
+        self.unsent = None  # whatever never left is superseded by this request
         request_id = f"{self.id}/{self.seq}"
         channel = channel_id or self.transferor_channel or ""
         self.pending = Pending(request_id, action, then, by, channel_id=channel)
@@ -589,16 +592,20 @@ class Transfer:
         if pending.action == "start" and self.attempt == 0:
             self._finish(at, "aborted", "pbx_error")
         elif pending.by == "auto":
-            self.unsent_start = pending.action == "start"
+            self.unsent = (pending.action, pending.then, pending.channel_id)
             self._arm("retry", at + UNSENT_RETRY_S)
 
     def _retry_unsent(self, at: float) -> None:
+        """Decide again; if the facts call for nothing (a start or a clean-up
+        while idle, a give-back abort), send the request that never left."""
         if self.final or self.pending is not None:
             return
         self._touch(at)
-        if self.state == "idle" and self.unsent_start:
-            self._request(at, "start", ("consulting", "fallback"), "auto", number=self.number)
         self._decide(at)
+        if self.unsent is not None and self.pending is None and not self.final:
+            action, then, channel = self.unsent
+            number = self.number if action in ("start", "blind") else None
+            self._request(at, action, then, "auto", number=number, channel_id=channel)
 
     def _next_attempt(self, at: float, reason: str, *, from_idle: bool = False) -> None:
         if self.attempt + 1 >= len(self.numbers):
@@ -698,7 +705,6 @@ class Transfer:
         "transferee_gone",
         "complete_sent",
         "abort_resent",
-        "unsent_start",
         "reason",
         "seq",
         "last_error",
@@ -722,6 +728,7 @@ class Transfer:
             "original_call_id": self.original_call_id,
             "created_at": self.created_at,
             "pending": self.pending.as_dict() if self.pending else None,
+            "unsent": [self.unsent[0], list(self.unsent[1]), self.unsent[2]] if self.unsent else None,
         }
         for name in self._FACTS:
             value = getattr(self, name)
@@ -748,6 +755,11 @@ class Transfer:
         for name in cls._FACTS:
             value = data.get(name, getattr(transfer, name))  # facts added later keep defaults
             setattr(transfer, name, dict(value) if isinstance(value, dict) else value)
+        unsent = data.get("unsent")
+        if unsent:
+            transfer.unsent = (unsent[0], (unsent[1][0], unsent[1][1]), unsent[2])
+        elif data.get("unsent_start"):  # saved before ``unsent`` replaced it
+            transfer.unsent = ("start", ("consulting", "fallback"), transfer.transferor_channel or "")
         pending = data.get("pending")
         if pending:
             transfer.pending = Pending(
