@@ -28,6 +28,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from engine.errors import Rejected
+from engine.memory import give_back
 from engine.model import (
     TALKING_STATUSES,
     CallEnded,
@@ -120,18 +121,24 @@ class CallRegistry:
 
     def _shrink(self) -> None:
         """Python dicts never give memory back: after a peak (a busy hour, a
-        benchmark) rebuild them once they hold under an eighth of it."""
+        benchmark) rebuild them once they hold under an eighth of it, then
+        hand the freed pages back to the system (see :mod:`engine.memory`)."""
+        rebuilt = False
         size = len(self.legs)
         if shrinkable(size, self._peak):
             self.legs = dict(self.legs)
             self.calls = dict(self.calls)
             self._peak = size
+            rebuilt = True
         self._peak = max(self._peak, size)
         size = len(self._tombstones)
         if shrinkable(size, self._tombstone_peak):
             self._tombstones = OrderedDict(self._tombstones)
             self._tombstone_peak = size
+            rebuilt = True
         self._tombstone_peak = max(self._tombstone_peak, size)
+        if rebuilt:
+            give_back()
 
     def _update(
         self, call_id: str, members: tuple[Member, ...], at: float, *, full: bool, trusted: bool = False
