@@ -107,13 +107,9 @@ class Engine:
                 self._route(event.at, changes, touched)
                 if isinstance(event, CallFailed):
                     self._failed(event, touched)
-            seen: set[str] = set()
-            for change in changes:
-                if change.call_id not in seen:
-                    seen.add(change.call_id)
-                    calls_out.append(
-                        CallChanged(change.call_id, ended=change.call_id not in self.registry.calls)
-                    )
+            calls = self.registry.calls
+            for call_id in dict.fromkeys([change.call_id for change in changes]):
+                calls_out.append(CallChanged(call_id, ended=call_id not in calls))
         elif isinstance(event, TransferRequested):
             transfer = self._create(event)
             touched[transfer.id] = transfer
@@ -134,7 +130,7 @@ class Engine:
                 found.timer(event.at, event.timer)
                 touched[found.id] = found
         # Call changes first: a timeline then reads cause before effect.
-        return calls_out + self._collect(touched)
+        return calls_out + self._collect(touched) if touched else calls_out
 
     # ------------------------------------------------------------------
     # read side
