@@ -7,11 +7,14 @@ examples every time: it never flakes) and briefly.
 
 from __future__ import annotations
 
+import os
+
 from hypothesis.stateful import run_state_machine_as_test
 
 from chaos.model import EngineVsModel, model_settings
 
-EXAMPLES = 200
+#: Fewer while mutmut runs the suite once per mutant (see RELIABILITY.md, mutation testing).
+EXAMPLES = 100 if os.environ.get("MUTANT_UNDER_TEST") else 200
 STEPS = 50
 
 
