@@ -581,7 +581,7 @@ def test_every_cell_has_a_case() -> None:
 
 
 @pytest.mark.parametrize(
-    ("state", "stimulus"), sorted(TABLE), ids=[f"{s}×{x}->{TABLE[s, x]}" for s, x in sorted(TABLE)]
+    ("state", "stimulus"), sorted(TABLE), ids=[f"{s}*{x}->{TABLE[s, x]}" for s, x in sorted(TABLE)]
 )
 def test_cell(state: str, stimulus: str) -> None:
     CASES[(state, stimulus)]()
