@@ -100,13 +100,17 @@ def until_signalled(main: Coroutine[Any, Any, Any]) -> None:
     "run the service against the PBX named in the config file",
     arg("--config", required=True, metavar="PATH", help="TOML config file (see the contract, section 2)"),
     arg("--log-level", default="info", choices=("debug", "info", "warning", "error")),
+    arg("--rules", metavar="FILE", help="routing rules file (overrides [rules] path)"),
 )
 def run(args: argparse.Namespace) -> int:
     import logging
+    from pathlib import Path
 
     from adapters.base import FatalPbxError
     from adapters.service import logs
-    from adapters.service.config import ConfigError, load
+    from adapters.service.config import ConfigError, RulesConfig, load
+    from adapters.service.rules import RulesError
+    from adapters.service.rules import load as load_rules
     from adapters.service.server import run_until_signalled
     from adapters.service.store import StoreError
 
@@ -114,6 +118,13 @@ def run(args: argparse.Namespace) -> int:
         config = load(args.config)
     except ConfigError as exc:
         return fail(str(exc), 2)
+    if args.rules is not None:
+        config = config.model_copy(update={"rules": RulesConfig(path=Path(args.rules))})
+    if config.rules.path is not None:
+        try:
+            load_rules(config.rules.path)  # a bad rules file stops the start: one line, exit 2
+        except RulesError as exc:
+            return fail(str(exc), 2)
     logs.configure("json", getattr(logging, args.log_level.upper()))
     try:
         asyncio.run(run_until_signalled(config))
@@ -151,8 +162,75 @@ def simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+@command(
+    "token",
+    "print a new API token and the [[api.users]] entry that holds its hash",
+    arg("action", choices=("new",), help="new: make a token"),
+    arg("--name", required=True, help="the user's name (as it will appear in the audit log)"),
+    arg("--role", required=True, choices=("viewer", "operator", "supervisor", "admin")),
+)
+def token(args: argparse.Namespace) -> int:
+    import re
+
+    from adapters.service.roles import new_token
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}", args.name):
+        return fail(f"invalid --name {args.name!r}: letters, digits and _ . @ - (at most 64)", 2)
+    secret, digest = new_token()
+    print(f"token (give it to {args.name}; it is shown only once): {secret}")
+    print("add to the config file:")
+    print(f'[[api.users]]\nname = "{args.name}"\nrole = "{args.role}"\ntoken_hash = "{digest}"')
+    return 0
+
+
+@command(
+    "rules",
+    "check a routing rules file, or test it against recorded scenarios",
+    arg(
+        "action",
+        choices=("check", "test"),
+        help="check: compile every rule; test: replay scenarios with them",
+    ),
+    arg("file", metavar="FILE", help="the rules file (TOML)"),
+    arg("scenarios", nargs="*", metavar="SCENARIO", help="test: scenario files or folders"),
+    arg("--json", action="store_true", help="test: one JSON document instead of a table"),
+)
+def rules(args: argparse.Namespace) -> int:
+    from adapters.service.rules import RulesError, load
+
+    try:
+        ruleset = load(args.file)
+    except RulesError as exc:
+        return fail(str(exc), 2)
+    if args.action == "check":
+        enforce = sum(1 for rule in ruleset.rules if rule.enabled and rule.mode == "enforce")
+        shadow = sum(1 for rule in ruleset.rules if rule.enabled and rule.mode == "shadow")
+        print(
+            f"{args.file}: {len(ruleset.rules)} rules ({enforce} enforced, {shadow} shadow, "
+            f"{len(ruleset.rules) - enforce - shadow} disabled), {len(ruleset.calendars)} calendars: ok"
+        )
+        return 0
+    if not args.scenarios:
+        return fail("rules test: name at least one scenario file or folder", 2)
+    from adapters.replay.rules_test import run_test
+
+    return run_test(ruleset, args.scenarios, as_json=args.json)
+
+
+def version() -> str:
+    """The installed package's version (its metadata: one source, pyproject.toml)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("xferd")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="xferd", description="Event-driven attended-transfer service.")
+    parser.add_argument("--version", action="version", version=f"xferd {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for cmd in COMMANDS:
         child = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)

@@ -28,6 +28,7 @@ def _figures() -> dict[str, Runner]:
     from bench.load import run_load
     from bench.memory import run_memory
     from bench.replay_speed import run_replay
+    from bench.rules import run_rules
 
     return {
         "ingest": run_ingest,
@@ -36,10 +37,11 @@ def _figures() -> dict[str, Runner]:
         "scaling": run_scaling,
         "replay": run_replay,
         "load": run_load,
+        "rules": run_rules,
     }
 
 
-NAMES = ("ingest", "latency", "memory", "scaling", "replay", "load")
+NAMES = ("ingest", "latency", "memory", "scaling", "replay", "load", "rules")
 
 
 def _load() -> str:

@@ -333,6 +333,7 @@ class RefTransfer:
             "target": {"number": self.number, "channel_id": self.target, "status": self.target_status},
             "policy": self.policy.as_dict(),
             "attempt": self.attempt + 1,
+            "initiated_by": "api",
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "history": [{**h, "at": iso(h["at"])} for h in self.history],

@@ -33,12 +33,14 @@ from engine.model import (
     Policy,
     QueryCalls,
     RequestFinished,
+    RuleAnswered,
     StartTimer,
     TimerFired,
     TransferChanged,
     TransferRequested,
 )
 from engine.registry import CallRegistry, Leg, LegChange, shrinkable
+from engine.rules import TIMER_PREFIX, RuleEngine
 from engine.transfer import Transfer
 
 _NON_DIGITS = re.compile(r"[^0-9]")
@@ -91,6 +93,8 @@ class Engine:
         self._awaiting_by: dict[str, set[str]] = {}
         self._awaiting_keys: dict[str, tuple[str, ...]] = {}
         self._peak = 0  # most transfers held at once since the indexes were last rebuilt
+        #: Routing rules fed by the same events (engine.rules); None: no rules file.
+        self.rules: RuleEngine | None = None
 
     # ------------------------------------------------------------------
     # the one entry point
@@ -99,6 +103,7 @@ class Engine:
     def handle(self, event: Event) -> list[Command]:
         touched: dict[str, Transfer] = {}
         calls_out: list[Command] = []
+        changes: list[LegChange] = []
         if isinstance(event, (CallUpdated, CallEnded, CallFailed, CallsSnapshot)):
             changes = self.registry.apply(event)
             if isinstance(event, CallsSnapshot):
@@ -130,7 +135,49 @@ class Engine:
                 found.timer(event.at, event.timer)
                 touched[found.id] = found
         # Call changes first: a timeline then reads cause before effect.
-        return calls_out + self._collect(touched) if touched else calls_out
+        out = calls_out + self._collect(touched) if touched else calls_out
+        if self.rules is not None:
+            out += self._rules(event, changes, out)
+        return out
+
+    # ------------------------------------------------------------------
+    # routing rules (engine.rules): fed after the transfers, by the same event
+    # ------------------------------------------------------------------
+
+    def active_transfer(self, channel_id: str) -> str | None:
+        """The active transfer ``channel_id`` takes part in, if any."""
+        return self._by_channel.get(channel_id)
+
+    def other_party(self, leg: Leg) -> Leg | None:
+        return self._other_party(leg)
+
+    def _rules(self, event: Event, changes: list[LegChange], out: list[Command]) -> list[Command]:
+        rules = self.rules
+        assert rules is not None
+        requests: list[TransferRequested] = []
+        commands: list[Command] = []
+        if changes and not isinstance(event, CallsSnapshot):
+            requests, commands = rules.changes(event.at, changes, self)
+        elif isinstance(event, TimerFired) and event.transfer_id.startswith(TIMER_PREFIX):
+            requests, commands = rules.timer(event.at, event.transfer_id.removeprefix(TIMER_PREFIX), self)
+        elif isinstance(event, RuleAnswered):
+            requests, commands = rules.answered(event, self)
+        for command in out:
+            if isinstance(command, TransferChanged) and command.final:
+                ended = self._transfers.get(command.transfer_id)
+                if ended is not None:
+                    more, notes = rules.ended(event.at, ended, self)
+                    requests += more
+                    commands += notes
+        touched: dict[str, Transfer] = {}
+        for request in requests:
+            try:
+                transfer = self._create(request)
+            except Rejected as exc:
+                commands.append(rules.refused(request, exc.code, exc.detail))
+            else:
+                touched[transfer.id] = transfer
+        return commands + self._collect(touched) if touched else commands
 
     # ------------------------------------------------------------------
     # read side
@@ -177,6 +224,8 @@ class Engine:
             transfer = Transfer.restore(dict(record))
             self._transfers[transfer.id] = transfer
             self._reindex(transfer)
+            if self.rules is not None and transfer.rule:
+                self.rules.restore(transfer.rule, transfer)
             for tag, deadline in transfer.timers.items():
                 out.append(StartTimer(transfer.id, tag, deadline))
             if transfer.pending is not None and not transfer.final:
@@ -262,9 +311,24 @@ class Engine:
             leg.call_id,
             event.at,
         )
+        transfer.initiated_by = event.initiated_by
+        if event.rule:
+            # The rule's decision opens the history and is persisted with the transfer.
+            transfer.rule = dict(event.rule)
+            transfer.history.append(
+                {
+                    "at": event.at,
+                    "from": "idle",
+                    "to": "idle",
+                    "trigger": event.initiated_by,
+                    "rule": dict(event.rule),
+                }
+            )
         self._transfers[transfer.id] = transfer
         self._count()
         transfer.begin(event.at)
+        if self.rules is not None:
+            self.rules.created(transfer)
         return transfer
 
     def _other_party(self, leg: Leg) -> Leg | None:

@@ -54,6 +54,10 @@ class Member:
     number: str
     channel_id: str
     status: str
+    #: trunk legs: the trunk's name and the number at our end (the dialled DID
+    #: of an inbound call, the caller id of an outbound one); "" if unknown
+    trunk: str = ""
+    peer: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +152,9 @@ class TransferRequested:
     Exactly one of ``channel_id`` / ``extension`` names the party (for
     ``attended`` the transferor, for ``blind`` the member to be moved).
     ``policy`` holds already-validated overrides of the engine's defaults.
+    ``initiated_by`` says who asked, for the resource and the audit trail:
+    ``api:<user>`` (control API), ``console:<user>`` (the supervisor
+    console), ``rule:<name>`` (a routing rule).
     """
 
     at: float
@@ -158,6 +165,10 @@ class TransferRequested:
     extension: str | None = None
     dial_permission: str | None = None
     policy: Mapping[str, Any] | None = None
+    initiated_by: str = "api"
+    #: a routing rule's decision (rule, trigger, call_id, at, decision): kept on the
+    #: transfer, so the "fired" mark is written ahead with it (engine.rules)
+    rule: Mapping[str, Any] | None = field(default=None, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +216,18 @@ class TimerFired:
     timer: str
 
 
+@dataclass(frozen=True, slots=True)
+class RuleAnswered:
+    """The answer to an :class:`AskRule`: the service's JSON (``answer``), or
+    None and ``error`` when the URL could not give one (timeouts, refusals, a
+    malformed answer, after the retries)."""
+
+    at: float
+    ask_id: str
+    answer: Mapping[str, Any] | None = field(default=None, hash=False)
+    error: str = ""
+
+
 Event: TypeAlias = (
     CallUpdated
     | CallEnded
@@ -214,6 +237,7 @@ Event: TypeAlias = (
     | OperatorRequested
     | RequestFinished
     | TimerFired
+    | RuleAnswered
 )
 
 # --------------------------------------------------------------------------
@@ -289,4 +313,46 @@ class CallChanged:
     ended: bool = False
 
 
-Command: TypeAlias = PbxRequest | QueryCalls | StartTimer | CancelTimer | TransferChanged | CallChanged
+@dataclass(frozen=True, slots=True)
+class AskRule:
+    """POST ``facts`` to ``url`` and feed the answer back as :class:`RuleAnswered`
+    (``ask_id``): a rule whose action is ``ask``.  At most ``retries`` more
+    tries after the first, ``backoff_s`` doubling between them, each bounded
+    by ``timeout_s``."""
+
+    ask_id: str
+    rule: str
+    url: str
+    facts: Mapping[str, Any] = field(hash=False)
+    timeout_s: float = 2.0
+    retries: int = 1
+    backoff_s: float = 0.2
+
+
+@dataclass(frozen=True, slots=True)
+class RuleNotice:
+    """What a routing rule did about one trigger: for logs, counters, the live
+    stream and ``xferd rules test``.
+
+    ``outcome``: ``fired`` (a transfer was requested), ``shadow`` (matched in
+    shadow mode: nothing sent), ``delayed`` (fires after ``after_s``),
+    ``asked`` (its URL was asked), ``blocked`` (matched, but a safety rule
+    said no: ``detail`` says which), ``skipped`` (a delay, an answer or the
+    engine said no), ``error`` (the condition or the URL failed).
+    ``request`` is what the rule sends (or would send, in shadow mode).
+    """
+
+    at: float
+    rule: str
+    outcome: str
+    trigger: str
+    call_id: str
+    mode: str = "enforce"
+    detail: str = ""
+    transfer_id: str | None = None
+    request: Mapping[str, Any] | None = field(default=None, hash=False)
+
+
+Command: TypeAlias = (
+    PbxRequest | QueryCalls | StartTimer | CancelTimer | TransferChanged | CallChanged | AskRule | RuleNotice
+)

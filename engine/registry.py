@@ -54,7 +54,7 @@ TOMBSTONE_TTL = 300.0
 class Leg:
     """One live leg.  Mutable, slotted: there may be 100,000 of these."""
 
-    __slots__ = ("call_id", "channel_id", "created", "kind", "number", "since", "status")
+    __slots__ = ("call_id", "channel_id", "created", "kind", "number", "peer", "since", "status", "trunk")
 
     def __init__(self, call_id: str, member: Member, at: float) -> None:
         self.call_id = call_id
@@ -64,6 +64,8 @@ class Leg:
         self.status = member.status
         self.since = at  # last status change
         self.created = at  # first seen
+        self.trunk = member.trunk
+        self.peer = member.peer
 
     def as_member(self) -> dict[str, str]:
         return {

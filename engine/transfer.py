@@ -146,6 +146,11 @@ class Transfer:
         self.timers: dict[str, float] = {}  # armed timer tag → deadline
         self.seq = 0
         self.last_error: dict[str, Any] | None = None
+        #: Who asked for it: ``api:<user>``, ``console:<user>``, ``rule:<name>`` (see TransferRequested).
+        self.initiated_by = "api"
+        #: A routing rule's decision when a rule started it (see engine.rules): persisted with the
+        #: transfer, so the rule's "fired" mark is written ahead with the transfer's first save.
+        self.rule: dict[str, Any] | None = None
         # output of the current stimulus (collected by the engine)
         self.out: list[Command] = []
         self.dirty = False
@@ -157,6 +162,12 @@ class Transfer:
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def model(self) -> Transfer:
+        """For code written when each transfer had its own chart model: ``model.state`` and
+        ``model.history`` are the transfer's own (the chart is shared now: engine.chart)."""
+        return self
 
     @property
     def final(self) -> bool:
@@ -209,6 +220,7 @@ class Transfer:
             },
             "policy": self.policy.as_dict(),
             "attempt": self.attempt + 1,
+            "initiated_by": self.initiated_by,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "history": [{**h, "at": iso(h["at"])} for h in self.history],
@@ -710,6 +722,8 @@ class Transfer:
         "last_error",
         "updated_at",
         "timers",
+        "initiated_by",
+        "rule",
     )
 
     def export(self) -> dict[str, Any]:

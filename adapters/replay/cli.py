@@ -18,23 +18,33 @@ import logging
 import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from adapters.replay import timeline
+from adapters.replay.examples import bundled
 from adapters.replay.format import Scenario, ScenarioError, collector_paused, discover, read
 from adapters.replay.runner import replay
 from engine.model import CallsSnapshot, Event
 
 if TYPE_CHECKING:  # the service's modules are imported only by ``record``: replay stays light
     from adapters.replay.recorder import Recorder
-    from adapters.service.config import Config
+    from adapters.service.config import PbxTable
 
 
-def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
     """Register ``replay`` and ``record`` on ``xferd``'s subparsers."""
     about = "replay recorded scenarios on a virtual clock and check their expectations"
     parser = subparsers.add_parser("replay", help=about, description=about)
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="scenario files, or folders of *.jsonl")
+    parser.add_argument("paths", nargs="*", metavar="PATH", help="scenario files, or folders of *.jsonl")
+    examples = sorted(bundled())
+    parser.add_argument(
+        "--example",
+        action="append",
+        default=[],
+        choices=examples,
+        metavar="NAME",
+        help=f"a scenario bundled with xferd (repeatable): {', '.join(examples)}",
+    )
     parser.add_argument("--timeline", action="store_true", help="print who did what when, per scenario")
     parser.add_argument(
         "--mermaid", metavar="FILE", help="write a Mermaid sequence diagram of the scenario ('-': stdout)"
@@ -45,6 +55,7 @@ def add_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]
     parser = subparsers.add_parser("record", help=about, description=about)
     parser.add_argument("--config", required=True, metavar="PATH", help="TOML config file (contract §2)")
     parser.add_argument("--out", required=True, metavar="FILE", help="scenario file to write (.jsonl)")
+    parser.add_argument("--pbx", metavar="NAME", help="the [[pbx]] to record (if several)")
     parser.set_defaults(handler=record_command)
 
 
@@ -62,11 +73,15 @@ def replay_command(args: argparse.Namespace) -> int:
     and the timeline is built only when ``--timeline`` or ``--mermaid`` asks for it.
     """
     # Freeze only when nothing else is frozen: unfreezing at the end must give back ours alone.
+    # getattr: callers that build the Namespace themselves (bench) predate --example.
+    paths = [*args.paths, *(bundled()[name] for name in getattr(args, "example", ()))]
+    if not paths:
+        return _fail("replay: give scenario files or folders (PATH...), or --example NAME")
     freeze = gc.get_freeze_count() == 0
     try:
         try:
             with collector_paused(freeze=freeze):
-                scenarios = [read(path) for path in discover(args.paths)]
+                scenarios = [read(path) for path in discover(paths)]
         except ScenarioError as exc:
             return _fail(str(exc))
         return _replay_all(scenarios, args)
@@ -113,7 +128,13 @@ def record_command(args: argparse.Namespace) -> int:
         config = load(args.config)
     except ConfigError as exc:
         return _fail(str(exc))
-    if config.pbx.kind != "yeastar":
+    names = [pbx.name for pbx in config.pbx]
+    if args.pbx is None and len(names) > 1:
+        return _fail(f"several PBXs in {args.config}: name one with --pbx ({', '.join(names)})")
+    pbx = config.pbx[0] if args.pbx is None else config.pbx_named(args.pbx)
+    if pbx is None:
+        return _fail(f"no PBX named {args.pbx!r} in {args.config} ({', '.join(names)})")
+    if pbx.kind != "yeastar":
         return _fail(f"config error in {args.config}: [pbx].kind: record supports 'yeastar' only")
     logs.redactor.add(secrets_of(config))
     logs.configure("console", logging.WARNING)
@@ -122,16 +143,16 @@ def record_command(args: argparse.Namespace) -> int:
         recorder = Recorder.open(
             out,
             name=out.stem,
-            platform=config.pbx.kind,
-            policy=config.policy.engine_policy(),
+            platform=pbx.kind,
+            policy=config.policy_of(pbx).engine_policy(),
             secrets=secrets_of(config),
-            description=f"recorded by xferd record from {config.pbx.base_url}",
+            description=f"recorded by xferd record from {pbx.base_url}",
         )
     except OSError as exc:
         return _fail(f"cannot write {out}: {exc.strerror or exc}")
-    sys.stderr.write(f"xferd: recording {config.pbx.base_url} to {out}; Ctrl-C to stop\n")
+    sys.stderr.write(f"xferd: recording {pbx.base_url} to {out}; Ctrl-C to stop\n")
     try:
-        asyncio.run(_record_until_signalled(config, recorder))
+        asyncio.run(_record_until_signalled(pbx, recorder))
     except FatalPbxError as exc:
         return _fail(f"PBX: {exc}", 1)
     finally:
@@ -140,16 +161,16 @@ def record_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _record_until_signalled(config: Config, recorder: Recorder) -> None:
+async def _record_until_signalled(pbx: PbxTable, recorder: Recorder) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await record(config, recorder, stop)
+    await record(pbx, recorder, stop)
 
 
-async def record(config: Config, recorder: Recorder, stop: asyncio.Event) -> None:
-    """Connect to the PBX of ``config`` and record until ``stop`` is set.
+async def record(pbx: PbxTable, recorder: Recorder, stop: asyncio.Event) -> None:
+    """Connect to the PBX ``pbx`` and record until ``stop`` is set.
 
     No engine runs: the recording holds frames, the adapter's requests (log
     in, ``call/query``) and the reconciliation snapshots it delivered after
@@ -157,7 +178,7 @@ async def record(config: Config, recorder: Recorder, stop: asyncio.Event) -> Non
     """
     from adapters.service.server import build_adapter
 
-    adapter = build_adapter(config, recorder)
+    adapter = build_adapter(pbx, recorder)
 
     def sink(event: Event) -> None:
         if isinstance(event, CallsSnapshot):

@@ -44,8 +44,9 @@ from typing import Annotated, Any, Literal, TypeAlias
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from engine.model import Action, Policy
+from engine.rules import RuleSet
 
-KINDS = ("meta", "frame", "control", "request", "snapshot", "end", "expect")
+KINDS = ("meta", "frame", "control", "request", "snapshot", "end", "expect", "ask")
 
 Offset = Annotated[float, Field(ge=0)]
 Text = Annotated[str, Field(min_length=1)]
@@ -72,6 +73,8 @@ class Meta(_Line):
     policy: dict[str, Any] = Field(default_factory=dict)
     start: float
     xferd: str | None = None
+    #: routing rules the service ran with: a rules file's content as JSON (see adapters.service.rules)
+    rules: dict[str, Any] | None = None
 
     @model_validator(mode="after")
     def _policy(self) -> Meta:
@@ -172,6 +175,24 @@ class SnapshotLine(_Line):
     calls: list[CallModel]
 
 
+class AskLine(_Line):
+    """The answer a routing rule's ``ask`` URL gave (``answer``), or why none came (``error``)."""
+
+    kind: Literal["ask"]
+    at: Offset
+    ask_id: Text
+    answer: dict[str, Any] | None = None
+    error: str = ""
+
+
+class RuleExpect(_Line):
+    """Matches what a routing rule did (``engine.model.RuleNotice``); absent fields match anything."""
+
+    name: Text
+    outcome: Literal["fired", "shadow", "delayed", "asked", "blocked", "skipped", "error"]
+    call_id: Text | None = None
+
+
 class EndLine(_Line):
     kind: Literal["end"]
     at: Offset
@@ -201,12 +222,15 @@ class ExpectLine(_Line):
     never: RequestPattern | None = None
     #: with ``never``: how many matching requests are still fine
     max: Annotated[int, Field(ge=0)] = 0
+    rule: RuleExpect | None = None
+    #: with ``rule``: exactly how many times the rule did that
+    count: Annotated[int, Field(ge=0)] = 1
 
     @model_validator(mode="after")
     def _one(self) -> ExpectLine:
-        given = [name for name in ("request", "final", "never") if getattr(self, name) is not None]
+        given = [name for name in ("request", "final", "never", "rule") if getattr(self, name) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of request, final or never")
+            raise ValueError("give exactly one of request, final, never or rule")
         if self.step is not None and self.request is None:
             raise ValueError("step only goes with request")
         if self.max and self.never is None:
@@ -214,7 +238,7 @@ class ExpectLine(_Line):
         return self
 
 
-Input: TypeAlias = FrameLine | ControlLine | RequestLine | SnapshotLine
+Input: TypeAlias = FrameLine | ControlLine | RequestLine | SnapshotLine | AskLine
 Line: TypeAlias = Meta | Input | EndLine | ExpectLine
 _LINE: TypeAdapter[Line] = TypeAdapter(Annotated[Line, Field(discriminator="kind")])
 
@@ -230,6 +254,9 @@ class Scenario:
     expected: tuple[tuple[RequestPattern, ...], ...] = ()  # steps, in order
     finals: tuple[FinalExpect, ...] = ()
     never: tuple[tuple[RequestPattern, int], ...] = field(default=())
+    rules_expected: tuple[tuple[RuleExpect, int], ...] = ()
+    #: ``meta.rules`` compiled (None: the scenario carries no rules)
+    ruleset: RuleSet | None = None
 
     @property
     def name(self) -> str:
@@ -359,6 +386,7 @@ def _parse(path: Path, lines: Iterable[str]) -> Scenario:
     last_step: object = None
     finals: list[FinalExpect] = []
     never: list[tuple[RequestPattern, int]] = []
+    rules_expected: list[tuple[RuleExpect, int]] = []
     # ``file:line`` is formatted only when there is an error to name (it cost ~2% of reading a line).
     for number, text in enumerate(lines, 1):
         if not text.strip():
@@ -392,12 +420,36 @@ def _parse(path: Path, lines: Iterable[str]) -> Scenario:
                 finals.append(line.final)
             elif line.never is not None:
                 never.append((line.never, line.max))
+            elif line.rule is not None:
+                rules_expected.append((line.rule, line.count))
         else:
             inputs.append(line)
         last_step = None
     if meta is None:
         raise ScenarioError(f"{path}: empty scenario (no meta line)")
-    return Scenario(path, meta, tuple(inputs), end, tuple(steps), tuple(finals), tuple(never))
+    return Scenario(
+        path,
+        meta,
+        tuple(inputs),
+        end,
+        tuple(steps),
+        tuple(finals),
+        tuple(never),
+        tuple(rules_expected),
+        _ruleset(path, meta),
+    )
+
+
+def _ruleset(path: Path, meta: Meta) -> RuleSet | None:
+    """``meta.rules`` compiled with the service's own loader (a bad rule: ScenarioError naming it)."""
+    if meta.rules is None:
+        return None
+    from adapters.service.rules import RulesError, compile_data  # only scenarios with rules need it
+
+    try:
+        return compile_data(meta.rules, "", f"{path}:1: meta.rules")
+    except RulesError as exc:
+        raise ScenarioError(str(exc).replace("rules error in ", "", 1)) from None
 
 
 def discover(paths: Iterable[str | Path]) -> list[Path]:

@@ -38,12 +38,14 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import time
 from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from adapters.replay.format import (
+    AskLine,
     ControlLine,
     FrameLine,
     Input,
@@ -63,6 +65,7 @@ from adapters.yeastar.frames import (
 from engine.engine import Engine
 from engine.errors import Rejected
 from engine.model import (
+    AskRule,
     CallChanged,
     CallEnded,
     CallFailed,
@@ -77,11 +80,14 @@ from engine.model import (
     PbxRequest,
     QueryCalls,
     RequestFinished,
+    RuleAnswered,
+    RuleNotice,
     StartTimer,
     TimerFired,
     TransferChanged,
     TransferRequested,
 )
+from engine.rules import RuleEngine, RuleSet
 
 #: Times closer than this are the same instant (offsets are recorded to the millisecond).
 _EPSILON = 1e-6
@@ -125,6 +131,8 @@ class Report:
     timeline: list[Entry] = field(default_factory=list)
     #: False for a raw recording without expect lines
     expectations: bool = True
+    #: what routing rules did, at virtual offsets (scenarios with rules, ``xferd rules test``)
+    rules: list[tuple[float, RuleNotice]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -148,14 +156,19 @@ class Report:
         return [*self.diff, *(f"  - {problem}" for problem in self.problems[1:])]
 
 
-def replay(scenario: Scenario, *, timeline: bool = True) -> Report:
+def replay(
+    scenario: Scenario, *, timeline: bool = True, rules: RuleSet | None = None, dry_run: bool = False
+) -> Report:
     """Run ``scenario`` and check it; never raises for what the scenario contains.
 
     ``timeline=False`` leaves :attr:`Report.timeline` empty and changes nothing else: the
     verdict, the requests and the states never depend on it, and writing a row per event made
     replaying a long recording of frames a third slower.
+
+    ``rules`` replaces the routing rules the scenario carries (``meta.rules``); ``dry_run``
+    lets them decide without starting anything (``xferd rules test``: what they *would* send).
     """
-    return _Replay(scenario, timeline).run()
+    return _Replay(scenario, timeline, rules=rules, dry_run=dry_run).run()
 
 
 # ----------------------------------------------------------------------------------
@@ -311,7 +324,14 @@ _FRAME_KINDS = {
 
 
 class _Replay:
-    def __init__(self, scenario: Scenario, timeline: bool = True) -> None:
+    def __init__(
+        self,
+        scenario: Scenario,
+        timeline: bool = True,
+        *,
+        rules: RuleSet | None = None,
+        dry_run: bool = False,
+    ) -> None:
         self.scenario = scenario
         #: write the timeline (``_note``); every note's text is built only when this is set
         self.notes = timeline
@@ -331,6 +351,7 @@ class _Replay:
         self.final: set[str] = set()
         self.divergences: list[str] = []
         self.invariants: list[str] = []
+        self._rules_setup(rules if rules is not None else scenario.ruleset, dry_run)
 
     # -- driving -----------------------------------------------------------------
     def run(self) -> Report:
@@ -350,6 +371,8 @@ class _Replay:
                 self._control(line, at)
             elif isinstance(line, SnapshotLine):
                 self._snapshot(line, at)
+            elif isinstance(line, AskLine):
+                self._ask_line(index, line, at)
             else:
                 self._request_line(index, line, at)
         end = self.scenario.end if self.scenario.end is not None else (inputs[-1].at if inputs else 0.0)
@@ -497,6 +520,10 @@ class _Replay:
                 self._changed(command)
                 if command.final:
                     finished_now.append(command.transfer_id)
+            elif isinstance(command, RuleNotice):
+                self._rule_notice(command)
+            elif isinstance(command, AskRule):
+                self._asked(command)
         for transfer_id in finished_now:
             # As the runtime does: a final transfer leaves the engine, its timers are dropped.
             self.engine.forget(transfer_id)
@@ -549,6 +576,60 @@ class _Replay:
                 self._note(due, "xferd", None, f"{transfer_id}: {tag.split('#', 1)[0]} timer fired")
             self._feed(TimerFired(due, transfer_id, tag))
 
+    # -- routing rules ----------------------------------------------------------------
+    def _rules_setup(self, rules: RuleSet | None, dry_run: bool) -> None:
+        """Rules decide in the replay as live; their ``ask`` answers come from ``ask`` lines."""
+        self.dry_run = dry_run
+        self.asks: dict[str, deque[int]] = defaultdict(deque)  # ask id -> recorded answer lines
+        self.asked: dict[int, AskRule] = {}  # recorded answer line -> the ask it answers
+        if rules is None:
+            return
+        self.engine.rules = RuleEngine(rules, dry_run=dry_run)
+        for index, line in enumerate(self.scenario.inputs):
+            if isinstance(line, AskLine):
+                self.asks[line.ask_id].append(index)
+
+    def _rule_notice(self, notice: RuleNotice) -> None:
+        self.report.rules.append((self._offset(notice.at), notice))
+        if self.notes:
+            detail = f": {notice.detail}" if notice.detail else ""
+            mode = " (shadow)" if notice.mode == "shadow" and notice.outcome != "shadow" else ""
+            self._note(
+                notice.at,
+                "xferd",
+                None,
+                f"rule {notice.rule} {notice.outcome}{mode} on {notice.trigger}{detail}",
+            )
+
+    def _asked(self, command: AskRule) -> None:
+        if self.notes:
+            self._note(self.at, "xferd", "URL", f"ask {command.url} for rule {command.rule}")
+        queue = self.asks.get(command.ask_id)
+        if not queue:
+            if not self.dry_run:
+                self._diverged(
+                    f"rule {command.rule} asked {command.url}, which the recording has no answer to"
+                )
+            return  # unanswered: the rule stays undecided (what ``rules test`` shows as "asked")
+        index = queue.popleft()
+        if index < self.index:
+            line = self.scenario.inputs[index]
+            assert isinstance(line, AskLine)
+            self._ask_answer(line, self.now)
+        else:
+            self.asked[index] = command
+
+    def _ask_line(self, index: int, line: AskLine, at: float) -> None:
+        if self.asked.pop(index, None) is not None:
+            self._ask_answer(line, at)
+            self._drain()
+
+    def _ask_answer(self, line: AskLine, at: float) -> None:
+        if self.notes:
+            said = json.dumps(line.answer, separators=(",", ":")) if line.answer is not None else line.error
+            self._note(at, "URL", "xferd", f"answer for {line.ask_id}: {said}")
+        self.soon.append(RuleAnswered(at, line.ask_id, line.answer, line.error))
+
     # -- bookkeeping ------------------------------------------------------------------
     def _offset(self, at: float) -> float:
         return round(at - self.start, 6)  # epoch + offset carries float noise; microseconds are plenty
@@ -569,7 +650,9 @@ class _Replay:
         made = [m.request for m in report.made]
         problems: list[str] = []
         # A raw recording (no expect line yet) is checked for consistency with itself only.
-        report.expectations = bool(scenario.expected or scenario.finals or scenario.never)
+        report.expectations = bool(
+            scenario.expected or scenario.finals or scenario.never or scenario.rules_expected
+        )
         first, message = _first_difference(scenario.expected, made)
         if message is not None and report.expectations:
             problems.append(message)
@@ -586,6 +669,18 @@ class _Replay:
             if count > most:
                 problems.append(
                     f"never {describe_pattern(pattern)}: made {count} times, at most {most} allowed"
+                )
+        for expected, count in scenario.rules_expected:
+            done = sum(
+                1
+                for _, notice in report.rules
+                if notice.rule == expected.name
+                and notice.outcome == expected.outcome
+                and expected.call_id in (None, notice.call_id)
+            )
+            if done != count:
+                problems.append(
+                    f"rule {expected.name} {expected.outcome}: expected {count} time(s), happened {done}"
                 )
         completes = Counter(r.transfer_id for r in made if r.action == "complete")
         for transfer_id, count in sorted(completes.items()):

@@ -1,133 +1,283 @@
-"""The control API (contract §3): FastAPI over the runtime.
+"""The control API (contract §3): FastAPI over the service's runtimes.
 
 Handlers never touch the PBX: they validate, feed one event to the runtime
-and, when that produced a PBX request, wait (bounded) for its result so the
-caller learns whether the PBX accepted.  Every error — ours, the engine's
-refusals, FastAPI's own 404/405/422 — leaves as ``{"error", "detail"}``.
+of the PBX concerned and, when that produced a PBX request, wait (bounded)
+for its result so the caller learns whether the PBX accepted.  Every error
+— ours, the engine's refusals, FastAPI's own 404/405/422 — leaves as
+``{"error", "detail"}``.
+
+This module holds what every route shares (:class:`ApiContext`: which PBX a
+request means, who is asking and whether their role allows it, the error
+shapes) and the routes that belong to the service as a whole (health,
+metrics, the live stream).  Each family of routes lives in its own module
+and is mounted by :func:`create_app` (``api_transfers``: transfers and
+calls).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import uuid
-from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, Protocol, cast
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 from fastapi import Depends, FastAPI, Header, Query, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.websockets import WebSocketDisconnect
 
+from adapters.service.audit import AuditLog, AuditMiddleware
 from adapters.service.logs import get_logger
-from adapters.service.runtime import Runtime
+from adapters.service.roles import Principal, Role
 from adapters.service.store import StoreError
-from adapters.webex.events import REMOTE_SUFFIX
-from engine.engine import numbers_match
 from engine.errors import Rejected
-from engine.model import OPS, TALKING_STATUSES, Command, OperatorRequested, PbxRequest, TransferRequested
+
+if TYPE_CHECKING:
+    from adapters.service.runtime import Runtime
+    from adapters.service.server import Service, Unit
 
 log = get_logger("xferd.api")
 
-STATES = ("idle", "consulting", "swapped", "threeway", "completed", "aborted")
-# Numbers, extensions and channel ids: no whitespace, bounded (they end up in PBX requests).
-Number = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^\S+$")]
-ChannelId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^\S+$")]
 _STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
 class ApiError(Exception):
     """An error response: HTTP ``status``, contract ``code``, a sentence saying what to fix."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
+        self.headers = headers
 
 
-class PolicyOverrides(BaseModel):
-    """Per-transfer overrides of the ``[policy]`` defaults (contract §2)."""
+class ApiContext:
+    """What routes share: the service, PBX resolution, authentication and roles."""
 
-    model_config = ConfigDict(extra="forbid")
+    def __init__(self, service: Service, *, request_timeout_s: float) -> None:
+        self.service = service
+        self.store = service.store
+        self.hub = service.hub
+        self.users = service.users
+        self.metrics = service.metrics
+        # The adapter answers within its own request timeout; wait a little longer than that.
+        self.result_timeout_s = request_timeout_s + 2.0
 
-    on_answer: Literal["complete", "threeway", "hold"] | None = None
-    answer_delay_s: Annotated[float, Field(ge=0, le=3600, strict=True)] | None = None
-    no_answer_timeout_s: Annotated[float, Field(gt=0, le=3600, strict=True)] | None = None
-    on_transferor_hangup: Literal["complete", "abort"] | None = None
-    fallback_numbers: Annotated[list[Number], Field(max_length=10)] | None = None
+    # -- which PBX ---------------------------------------------------------------
+    @property
+    def units(self) -> dict[str, Unit]:
+        return self.service.units
 
+    def unit(self, pbx: str | None) -> Unit:
+        """The PBX a request names (``"pbx"`` in the body or ``?pbx=``); optional with one PBX."""
+        units = self.units
+        if pbx is None:
+            if len(units) == 1:
+                return next(iter(units.values()))
+            raise ApiError(422, "invalid_request", f"pbx: name the PBX, one of {', '.join(sorted(units))}")
+        found = units.get(pbx)
+        if found is None:
+            raise ApiError(
+                422, "invalid_request", f"pbx: no PBX named {pbx!r}; configured: {', '.join(sorted(units))}"
+            )
+        return found
 
-class TransferCreate(BaseModel):
-    """Body of ``POST /v1/transfers`` (contract §3.1)."""
+    def runtimes(self, pbx: str | None = None) -> list[Runtime]:
+        """Every runtime, or the one of ``pbx`` (validated)."""
+        if pbx is not None:
+            return [self.unit(pbx).runtime]
+        return [unit.runtime for unit in self.units.values()]
 
-    model_config = ConfigDict(extra="forbid")
+    def holder(self, transfer_id: str) -> Runtime | None:
+        """The runtime whose engine holds ``transfer_id`` (live or just finished)."""
+        for unit in self.units.values():
+            if unit.runtime.engine.get(transfer_id) is not None:
+                return unit.runtime
+        return None
 
-    type: Literal["attended", "blind"] = "attended"
-    channel_id: ChannelId | None = None
-    extension: Number | None = None
-    number: Number
-    dial_permission: Number | None = None
-    policy: PolicyOverrides | None = None
+    async def fetch(self, transfer_id: str) -> dict[str, Any] | None:
+        """A transfer's resource from whichever PBX has it, or the store."""
+        for unit in self.units.values():
+            found = unit.runtime.transfer(transfer_id)
+            if found is not None:
+                return dict(found)
+        return await self.store.get(transfer_id)
 
-    @model_validator(mode="after")
-    def _one_party(self) -> TransferCreate:
-        if (self.channel_id is None) == (self.extension is None):
-            raise ValueError("give exactly one of channel_id or extension to name the party")
-        return self
-
-
-class WebhookReceiver(Protocol):
-    """The Webex adapter's extra entry point for signed webhook deliveries."""
-
-    async def handle_webhook(self, body: bytes, signature: str | None) -> int: ...
-
-
-def create_app(
-    runtime: Runtime,
-    *,
-    token: str | None,
-    request_timeout_s: float = 5.0,
-    webex_user_number: str | None = None,
-) -> FastAPI:
-    """The control API for ``runtime``.  ``token`` None disables auth (loopback only, see config).
-
-    ``webex_user_number`` (Webex only, optional): the number of the user the
-    access token belongs to; when set, an ``extension`` naming anyone else is
-    refused instead of silently meaning the token owner's call.
-    """
-    adapter = runtime.adapter
-    platform = adapter.platform
-    # The adapter answers within its own request timeout; wait a little longer than that.
-    result_timeout_s = request_timeout_s + 2.0
-    app = FastAPI(title="xferd", version="1", summary="Attended-transfer control API")
-
-    def authorized(header: str | None, query_token: str | None = None) -> bool:
-        if token is None:
-            return True
-        scheme, _, provided = (header or "").partition(" ")
+    # -- who is asking -----------------------------------------------------------
+    def authenticate(self, authorization: str | None, query_token: str | None = None) -> Principal | None:
+        """The principal a bearer header (or, for browsers' websockets, ``?token=``) names."""
+        scheme, _, provided = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not provided:
             provided = query_token or ""
-        return hmac.compare_digest(provided.encode(), token.encode())
+        return self.users.by_token(provided)
 
-    # async: a sync dependency would be run in a worker thread on every request.
-    async def require_token(
-        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-    ) -> None:
-        if not authorized(authorization):
-            raise ApiError(401, "unauthorized", "send the API token as 'Authorization: Bearer <token>'")
+    def requires(self, role: Role) -> Any:
+        """A dependency: the request's principal, 401 without one, 403 if its role is below ``role``."""
 
-    auth = [Depends(require_token)]
+        # async: a sync dependency would be run in a worker thread on every request.
+        async def principal(
+            request: Request,
+            authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+        ) -> Principal:
+            found = self.authenticate(authorization)
+            if found is None:
+                raise ApiError(401, "unauthorized", "send the API token as 'Authorization: Bearer <token>'")
+            request.scope.setdefault("state", {})["principal"] = found
+            if not found.allows(role):
+                raise ApiError(
+                    403,
+                    "forbidden",
+                    f"user {found.name} has role {found.role}; this request needs role {role} or higher",
+                )
+            return found
 
-    # -- error shapes ---------------------------------------------------------
+        return Depends(principal)
+
+
+def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
+    """The control API for ``service`` (every PBX it drives)."""
+    from adapters.service import api_rules, api_transfers
+
+    ctx = ApiContext(service, request_timeout_s=request_timeout_s)
+    app = FastAPI(title="xferd", version="1", summary="Attended-transfer control API")
+    app.state.ctx = ctx
+    app.state.audit = audit = AuditLog(service.store)
+    app.add_middleware(AuditMiddleware, audit=audit)
+    _error_shapes(app)
+
+    viewer = [ctx.requires("viewer")]
+
+    @app.get("/healthz")
+    async def healthz() -> JSONResponse:
+        pbxs = []
+        for name, unit in ctx.units.items():
+            adapter = unit.adapter
+            pbxs.append(
+                {
+                    "name": name,
+                    "pbx": "connected" if adapter.connected else "disconnected",
+                    "platform": adapter.platform,
+                    "capabilities": list(adapter.capabilities),
+                    "detail": adapter.detail,
+                }
+            )
+        connected = all(p["pbx"] == "connected" for p in pbxs)
+        platforms = {p["platform"] for p in pbxs}
+        capabilities = [c for c in pbxs[0]["capabilities"] if all(c in p["capabilities"] for p in pbxs)]
+        body: dict[str, Any] = {
+            "status": "ok" if connected else "degraded",
+            "pbx": "connected" if connected else "disconnected",
+            "platform": platforms.pop() if len(platforms) == 1 else "mixed",
+            "capabilities": capabilities,
+            "detail": pbxs[0]["detail"] if len(pbxs) == 1 else _links(pbxs),
+            "pbxs": pbxs,
+        }
+        return JSONResponse(body, 200 if connected else 503)
+
+    @app.get("/metrics", dependencies=viewer)
+    async def metrics() -> Response:
+        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/audit", dependencies=[ctx.requires("supervisor")])
+    async def audit_log(
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        transfer_id: Annotated[str | None, Query(max_length=64)] = None,
+        actor: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> dict[str, Any]:
+        """State-changing requests, newest first (who, role, what, on what, outcome)."""
+        await audit.flush()  # what was just done is part of the answer
+        return {"items": await ctx.store.audit_list(limit, transfer_id=transfer_id, actor=actor)}
+
+    @app.websocket("/v1/stream")
+    async def stream(websocket: WebSocket, pbx: Annotated[str | None, Query(max_length=32)] = None) -> None:
+        principal = ctx.authenticate(
+            websocket.headers.get("authorization"), websocket.query_params.get("token")
+        )
+        if principal is None:
+            denial = {"error": "unauthorized", "detail": "send the API token as a Bearer header or ?token="}
+            await websocket.send_denial_response(JSONResponse(denial, 401))
+            return
+        if pbx is not None and pbx not in ctx.units:
+            denial = {"error": "invalid_request", "detail": f"pbx: no PBX named {pbx!r}"}
+            await websocket.send_denial_response(JSONResponse(denial, 422))
+            return
+        await websocket.accept()
+        subscription = ctx.hub.subscribe(pbx)
+
+        async def watch_disconnect() -> None:
+            # Clients only listen; reading is how we notice they left.
+            try:
+                while (await websocket.receive())["type"] != "websocket.disconnect":
+                    pass
+            finally:
+                ctx.hub.unsubscribe(subscription)
+                subscription.end()
+
+        watcher = asyncio.create_task(watch_disconnect())
+        try:
+            while (message := await subscription.get()) is not None:
+                await websocket.send_text(message)
+            if watcher.done():
+                return  # the client left
+            # 1013 "try again later": the client fell behind; 1001: the service is stopping.
+            await websocket.close(1013 if subscription.overflowed else 1001)
+        except (WebSocketDisconnect, RuntimeError):
+            pass  # the client went away mid-send
+        finally:
+            watcher.cancel()
+            ctx.hub.unsubscribe(subscription)
+
+    app.include_router(api_transfers.routes(ctx))
+    app.include_router(api_rules.routes(ctx))
+    _webhooks(app, ctx)
+    return app
+
+
+def _links(pbxs: Sequence[dict[str, Any]]) -> str:
+    down = [f"{p['name']}: {p['detail']}" for p in pbxs if p["pbx"] != "connected"]
+    return "; ".join(down) if down else f"all {len(pbxs)} PBX links up"
+
+
+def _webhooks(app: FastAPI, ctx: ApiContext) -> None:
+    """``POST /v1/webhooks/webex`` (one Webex PBX) and ``/v1/webhooks/webex/{pbx}`` (any):
+    no bearer token — Webex authenticates each delivery by its signature."""
+    from adapters.service.api_transfers import WebhookReceiver
+
+    webex = {name: unit for name, unit in ctx.units.items() if unit.platform == "webex"}
+    if not webex:
+        return
+
+    async def deliver(unit: Unit, request: Request) -> Response:
+        receiver = cast(WebhookReceiver, unit.adapter)
+        status = await receiver.handle_webhook(await request.body(), request.headers.get("x-spark-signature"))
+        if status == 401:
+            raise ApiError(401, "unauthorized", "missing or wrong X-Spark-Signature")
+        return Response(status_code=status)
+
+    if len(webex) == 1:
+        only = next(iter(webex.values()))
+
+        @app.post("/v1/webhooks/webex", status_code=204)
+        async def webex_webhook(request: Request) -> Response:
+            return await deliver(only, request)
+
+    @app.post("/v1/webhooks/webex/{pbx}", status_code=204)
+    async def webex_webhook_of(pbx: str, request: Request) -> Response:
+        unit = webex.get(pbx)
+        if unit is None:
+            raise ApiError(404, "not_found", f"no Webex PBX named {pbx!r}")
+        return await deliver(unit, request)
+
+
+def _error_shapes(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"error": exc.code, "detail": exc.detail}, exc.status, headers=headers)
+        headers = dict(exc.headers or {})
+        if exc.status == 401:
+            headers["WWW-Authenticate"] = "Bearer"
+        return JSONResponse({"error": exc.code, "detail": exc.detail}, exc.status, headers=headers or None)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -146,7 +296,7 @@ def create_app(
             return JSONResponse(
                 {"error": "invalid_json", "detail": "the request body is not valid JSON"}, 400
             )
-        return JSONResponse({"error": "invalid_request", "detail": _describe(errors)}, 422)
+        return JSONResponse({"error": "invalid_request", "detail": describe(errors)}, 422)
 
     @app.exception_handler(StoreError)
     async def _store_error(request: Request, exc: StoreError) -> JSONResponse:
@@ -164,264 +314,8 @@ def create_app(
             {"error": exc.code, "detail": exc.detail}, 404 if exc.code == "not_found" else 409
         )
 
-    # -- helpers --------------------------------------------------------------
-    def require_pbx() -> None:
-        if not adapter.connected:
-            raise ApiError(503, "pbx_unavailable", f"not connected to the PBX: {adapter.detail}")
 
-    def feed(event: TransferRequested | OperatorRequested) -> PbxRequest | None:
-        """Feed ``event``; the first PBX request it produced for its transfer, if any."""
-        commands: Sequence[Command] = runtime.feed(event)
-        return next(
-            (c for c in commands if isinstance(c, PbxRequest) and c.transfer_id == event.transfer_id), None
-        )
-
-    async def outcome(transfer_id: str, request: PbxRequest | None, status: int) -> JSONResponse:
-        """Answer once the PBX answered ``request`` (if any): ``status`` + resource, or 502."""
-        if request is not None:
-            result = await runtime.wait_result(request.request_id, result_timeout_s)
-            if result is None or result.outcome == "unknown":
-                raise ApiError(
-                    502,
-                    "pbx_error",
-                    f"the PBX did not confirm the {request.action} request in time; the service is "
-                    f"reconciling with the PBX's view of the calls: GET /v1/transfers/{transfer_id} "
-                    "shows the outcome",
-                )
-            if not result.sent:
-                raise ApiError(
-                    503,
-                    "store_unavailable",
-                    f"the {request.action} request was not sent: the service could not record the "
-                    f"decision first ({result.errmsg.removeprefix('not sent: ')}); nothing happened "
-                    "on the PBX, try again once the store is writable",
-                )
-            if result.outcome == "refused":
-                raise ApiError(
-                    502,
-                    "pbx_error",
-                    f"the PBX refused the {request.action} request: errcode {result.errcode}: "
-                    f"{result.errmsg or 'no message'}",
-                )
-        resource = runtime.transfer(transfer_id)
-        if resource is None:  # the engine and the store both lost it: a bug, not a caller error
-            raise ApiError(500, "internal_error", f"transfer {transfer_id} vanished")
-        return JSONResponse(dict(resource), status)
-
-    def webex_party(body: TransferCreate) -> str:
-        """The engine channel a Webex request names (contract §3.1).
-
-        Webex reports one user's calls, so the engine's legs are that user's
-        (``callId``, kind ``extension``) and each call's remote party
-        (``callId/remote``), see :mod:`adapters.webex.events`.  ``channel_id``
-        is the callId of the user's call; ``extension`` means "the user's
-        single connected call" — resolved here because Webex never tells us the
-        user's own number, so the engine's by-number lookup cannot.  For an
-        attended transfer the party is the user's leg (the transferor); for a
-        blind one the remote party (the member moved), as on Yeastar.
-        """
-        if body.channel_id is not None:
-            call_id = body.channel_id.removesuffix(REMOTE_SUFFIX)
-        else:
-            call_id = webex_connected_call(body.extension or "")
-        for active in runtime.engine.transfers(active_only=True):
-            if ((active.get("target") or {}).get("channel_id") or "") == call_id + REMOTE_SUFFIX:
-                raise ApiError(
-                    409,
-                    "transfer_in_progress",
-                    f"call {call_id} is the consultation of active transfer {active['id']}; "
-                    "operate that transfer instead",
-                )
-        return call_id + REMOTE_SUFFIX if body.type == "blind" else call_id
-
-    def webex_connected_call(extension: str) -> str:
-        if webex_user_number and not numbers_match(extension, webex_user_number):
-            raise ApiError(
-                409,
-                "no_active_call",
-                f"extension {extension} is not the Webex user this service acts for "
-                f"({webex_user_number}, [pbx].user_number)",
-            )
-        legs = [
-            leg
-            for leg in runtime.engine.registry.legs.values()
-            if leg.kind == "extension" and leg.status in TALKING_STATUSES
-        ]
-        if not legs:
-            raise ApiError(409, "no_active_call", "the Webex user has no connected call the service tracks")
-        if len(legs) > 1:
-            calls = ", ".join(sorted(leg.channel_id for leg in legs))
-            raise ApiError(
-                409,
-                "ambiguous",
-                f"the Webex user has {len(legs)} connected calls ({calls}); name the call by channel_id",
-            )
-        return legs[0].channel_id
-
-    # -- routes -----------------------------------------------------------------
-    @app.get("/healthz")
-    async def healthz() -> JSONResponse:
-        connected = adapter.connected
-        body = {
-            "status": "ok" if connected else "degraded",
-            "pbx": "connected" if connected else "disconnected",
-            "platform": platform,
-            "capabilities": list(adapter.capabilities),
-            "detail": adapter.detail,
-        }
-        return JSONResponse(body, 200 if connected else 503)
-
-    @app.get("/metrics", dependencies=auth)
-    async def metrics() -> Response:
-        return Response(runtime.metrics.render(), media_type=CONTENT_TYPE_LATEST)
-
-    @app.post("/v1/transfers", dependencies=auth, status_code=201)
-    async def create_transfer(
-        body: TransferCreate,
-        idempotency_key: Annotated[str | None, Header(max_length=255)] = None,
-    ) -> JSONResponse:
-        if platform == "webex" and body.policy is not None and body.policy.on_answer == "threeway":
-            raise ApiError(
-                422, "invalid_request", "policy.on_answer: Webex has no three-way calls; use complete or hold"
-            )
-        fingerprint = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-        if idempotency_key is not None:
-            seen = runtime.store.idempotency_get(idempotency_key)
-            if seen is not None:
-                return replay(idempotency_key, fingerprint, *seen)
-        require_pbx()
-        channel_id, extension = body.channel_id, body.extension
-        if platform == "webex":
-            channel_id, extension = webex_party(body), None
-        transfer_id = uuid.uuid4().hex
-        event = TransferRequested(
-            at=runtime.clock(),
-            transfer_id=transfer_id,
-            number=body.number,
-            type=body.type,
-            channel_id=channel_id,
-            extension=extension,
-            dial_permission=body.dial_permission,
-            policy=body.policy.model_dump(exclude_none=True) if body.policy else None,
-        )
-        request = feed(event)
-        if idempotency_key is not None:
-            # Before any await: the key is stored before the first request can leave.
-            try:
-                runtime.store.idempotency_put(idempotency_key, fingerprint, transfer_id)
-            except StoreError as exc:
-                log.error("idempotency_key_not_saved", transfer_id=transfer_id, error=str(exc))
-        log.info("transfer_requested", transfer_id=transfer_id, type=body.type, number=body.number)
-        return await outcome(transfer_id, request, 201)
-
-    def replay(key: str, fingerprint: str, transfer_id: str, seen_fingerprint: str) -> JSONResponse:
-        if seen_fingerprint != fingerprint:
-            raise ApiError(
-                409, "conflict", "this Idempotency-Key was already used with a different request body"
-            )
-        resource = runtime.transfer(transfer_id)
-        if resource is None:
-            raise ApiError(409, "conflict", "this Idempotency-Key names a transfer the service no longer has")
-        log.info("idempotent_replay", transfer_id=transfer_id)
-        return JSONResponse(dict(resource), 201)
-
-    @app.get("/v1/transfers", dependencies=auth)
-    async def list_transfers(
-        state: Annotated[str | None, Query(description="'active' or a state name")] = None,
-        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    ) -> dict[str, Any]:
-        items: Sequence[Mapping[str, Any]]
-        if state == "active":
-            items = runtime.engine.transfers(active_only=True)[:limit]
-        elif state is None or state in STATES:
-            items = runtime.store.recent(limit, state)
-        else:
-            raise ApiError(422, "invalid_request", f"state must be 'active' or one of {', '.join(STATES)}")
-        return {"items": [dict(item) for item in items]}
-
-    @app.get("/v1/transfers/{transfer_id}", dependencies=auth)
-    async def get_transfer(transfer_id: str) -> JSONResponse:
-        resource = runtime.transfer(transfer_id)
-        if resource is None:
-            raise ApiError(404, "not_found", f"no transfer with id {transfer_id}")
-        return JSONResponse(dict(resource))
-
-    @app.post("/v1/transfers/{transfer_id}/{op}", dependencies=auth)
-    async def operate(transfer_id: str, op: str) -> JSONResponse:
-        if op not in OPS:
-            raise ApiError(
-                404, "not_found", f"unknown operation {op!r}: use complete, abort, swap or threeway"
-            )
-        if platform == "webex" and op == "threeway":
-            raise ApiError(
-                409, "not_allowed", "Webex Calling has no three-way call control; use complete, abort or swap"
-            )
-        if runtime.engine.transfer(transfer_id) is None:
-            stored = runtime.store.get(transfer_id)
-            if stored is None:
-                raise ApiError(404, "not_found", f"no transfer with id {transfer_id}")
-            raise ApiError(
-                409,
-                "not_allowed",
-                f"the transfer is {stored['state']}, which is final: no operation is allowed",
-            )
-        require_pbx()
-        request = feed(OperatorRequested(at=runtime.clock(), transfer_id=transfer_id, op=op))
-        log.info("operator_requested", transfer_id=transfer_id, op=op)
-        return await outcome(transfer_id, request, 200)
-
-    @app.get("/v1/calls", dependencies=auth)
-    async def calls() -> dict[str, Any]:
-        return {"items": [dict(call) for call in runtime.engine.calls()]}
-
-    @app.websocket("/v1/stream")
-    async def stream(websocket: WebSocket) -> None:
-        if not authorized(websocket.headers.get("authorization"), websocket.query_params.get("token")):
-            denial = {"error": "unauthorized", "detail": "send the API token as a Bearer header or ?token="}
-            await websocket.send_denial_response(JSONResponse(denial, 401))
-            return
-        await websocket.accept()
-        subscription = runtime.subscribe()
-
-        async def watch_disconnect() -> None:
-            # Clients only listen; reading is how we notice they left.
-            try:
-                while (await websocket.receive())["type"] != "websocket.disconnect":
-                    pass
-            finally:
-                runtime.unsubscribe(subscription)
-                subscription.end()
-
-        watcher = asyncio.create_task(watch_disconnect())
-        try:
-            while (message := await subscription.get()) is not None:
-                await websocket.send_text(message)
-            if watcher.done():
-                return  # the client left
-            # 1013 "try again later": the client fell behind; 1001: the service is stopping.
-            await websocket.close(1013 if subscription.overflowed else 1001)
-        except (WebSocketDisconnect, RuntimeError):
-            pass  # the client went away mid-send
-        finally:
-            watcher.cancel()
-            runtime.unsubscribe(subscription)
-
-    if platform == "webex":
-        receiver = cast(WebhookReceiver, adapter)
-
-        @app.post("/v1/webhooks/webex", status_code=204)
-        async def webex_webhook(request: Request) -> Response:
-            status = await receiver.handle_webhook(
-                await request.body(), request.headers.get("x-spark-signature")
-            )
-            if status == 401:
-                raise ApiError(401, "unauthorized", "missing or wrong X-Spark-Signature")
-            return Response(status_code=status)
-
-    return app
-
-
-def _describe(errors: Sequence[Any]) -> str:
+def describe(errors: Sequence[Any]) -> str:
     """FastAPI validation errors as one sentence: ``number: Field required; …``."""
     parts = []
     for error in errors[:3]:

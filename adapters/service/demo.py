@@ -27,8 +27,8 @@ from pydantic import SecretStr
 
 from adapters.service import logs
 from adapters.service.config import ApiConfig, Config, PolicyConfig, StoreConfig, YeastarPbx
+from adapters.service.hub import Subscription
 from adapters.service.metrics import Metrics, MetricsObserver
-from adapters.service.runtime import Subscription
 from adapters.service.server import Service
 from adapters.yeastar.simulator import PbxSimulator, Phone
 
@@ -122,11 +122,13 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="xferd-demo-") as tmp:
         config = Config(
-            pbx=YeastarPbx(
-                kind="yeastar",
-                base_url=sim.base_url,
-                client_id=sim.config.client_id,
-                client_secret=SecretStr(sim.config.client_secret),
+            pbx=(
+                YeastarPbx(
+                    kind="yeastar",
+                    base_url=sim.base_url,
+                    client_id=sim.config.client_id,
+                    client_secret=SecretStr(sim.config.client_secret),
+                ),
             ),
             api=ApiConfig(listen="127.0.0.1:0", token=SecretStr(token)),
             store=StoreConfig(path=Path(tmp) / "xferd.sqlite3"),
@@ -137,7 +139,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
         await service.start()
         print(f"xferd demo: control API at {service.base_url}\n", file=out, flush=True)
         finished: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        watcher = asyncio.create_task(watch(service.runtime.subscribe(), timeline, finished))
+        watcher = asyncio.create_task(watch(service.hub.subscribe(), timeline, finished))
         headers = {"Authorization": f"Bearer {token}"}
         try:
             async with httpx.AsyncClient(base_url=service.base_url, headers=headers, timeout=10) as http:

@@ -28,20 +28,21 @@ events, like everything else.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Coroutine, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import structlog
 
 from adapters.base import Clock, PbxAdapter
+from adapters.service.hub import Hub
 from adapters.service.logs import get_logger
 from adapters.service.metrics import Metrics
 from adapters.service.store import StoreError, TransferStore
 from engine.engine import Engine
 from engine.model import (
+    AskRule,
     CallChanged,
     CancelTimer,
     Command,
@@ -50,6 +51,7 @@ from engine.model import (
     PbxRequest,
     QueryCalls,
     RequestFinished,
+    RuleNotice,
     StartTimer,
     TimerFired,
     TransferChanged,
@@ -61,27 +63,10 @@ log = get_logger("xferd.runtime")
 #: Back-off between failed reconciliation queries (seconds).
 QUERY_RETRY_FIRST_S = 0.5
 QUERY_RETRY_MAX_S = 10.0
-
-
-class Subscription:
-    """One live-stream client's bounded queue of JSON messages.
-
-    ``None`` is the end marker: the client fell behind (or the service is
-    stopping) and must be disconnected; it can reconnect and read the
-    current state from the API.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(size)
-        self.overflowed = False
-
-    async def get(self) -> str | None:
-        return await self.queue.get()
-
-    def end(self) -> None:
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(None)
+#: How many finished transfers' resources a runtime keeps in memory.
+RECENT_FINISHED = 1024
+#: How far back (seconds) routing rules' "fired" marks are restored at start.
+RULE_MARKS_S = 86400.0
 
 
 class Runtime:
@@ -95,25 +80,33 @@ class Runtime:
         metrics: Metrics,
         *,
         clock: Clock = time.time,
-        stream_queue_size: int = 256,
+        pbx: str = "default",
+        hub: Hub | None = None,
         drain_timeout_s: float = 5.0,
     ) -> None:
+        """``pbx`` names the PBX connection this runtime drives (it tags every
+        resource, call and stored row); ``hub`` is the live stream shared with
+        the service's other runtimes (a runtime of its own by default)."""
         self.engine = engine
         self.adapter = adapter
         self.store = store
         self.metrics = metrics
         self.clock = clock
-        self._stream_queue_size = stream_queue_size
+        self.pbx = pbx
+        self.hub = hub if hub is not None else Hub(metrics)
         self._drain_timeout_s = drain_timeout_s
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         # Per-transfer FIFO of (request, perf_counter when its decisive event was fed).
         self._queues: dict[str, deque[tuple[PbxRequest, float]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._waiters: dict[str, asyncio.Future[RequestFinished]] = {}
-        self._subscribers: set[Subscription] = set()
+        # The last finished transfers' resources (the engine forgets them): readers
+        # that just saw a transfer end can read its final state without a store round trip.
+        self._finished: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._closing = False
         self._unsaved: set[str] = set()  # transfers whose latest state is not on disk
         self._event_counters: dict[type, Any] = {}  # event type -> labelled counter
+        self._ask_client: Any = None  # httpx client of routing rules' ``ask`` (made on first use)
 
     # -- life cycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -123,10 +116,15 @@ class Runtime:
         snapshot arrives, so that snapshot reconciles them with what the PBX
         did while we were away.
         """
-        records = self.store.load_active()
+        records = await self.store.load_active(self.pbx)
         commands = self.engine.restore(records)
         if records:
             log.info("transfers_restored", count=len(records))
+        if self.engine.rules is not None:
+            # Rules fire once per call and trigger, restarts included: their marks of the last day.
+            since = self.clock() - RULE_MARKS_S
+            for mark in await self.store.rule_marks(self.pbx, since):
+                self.engine.rules.restore(mark)
         await self.adapter.start(self._sink)
         self._execute(commands, time.perf_counter())
 
@@ -141,9 +139,8 @@ class Runtime:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-        for subscription in list(self._subscribers):
-            self.unsubscribe(subscription)
-            subscription.end()
+        if self._ask_client is not None:
+            await self._ask_client.aclose()
         await self.adapter.close()
 
     # -- feeding -----------------------------------------------------------------
@@ -188,9 +185,34 @@ class Runtime:
         except TimeoutError:
             return None
 
+    def live_transfer(self, transfer_id: str) -> dict[str, Any] | None:
+        """The resource of a transfer the engine holds (not final, or just finished), tagged with the PBX."""
+        resource = self.engine.transfer(transfer_id)
+        return self.tagged(resource) if resource is not None else None
+
+    def live_transfers(self, active_only: bool = False) -> list[dict[str, Any]]:
+        return [self.tagged(resource) for resource in self.engine.transfers(active_only)]
+
+    def calls(self) -> list[dict[str, Any]]:
+        return [self.tagged(call) for call in self.engine.calls()]
+
     def transfer(self, transfer_id: str) -> Mapping[str, Any] | None:
-        """The resource of a live transfer (engine) or a finished one (store)."""
-        return self.engine.transfer(transfer_id) or self.store.get(transfer_id)
+        """The resource of a live transfer or one of the last :data:`RECENT_FINISHED` finished ones."""
+        return self.live_transfer(transfer_id) or self._finished.get(transfer_id)
+
+    async def fetch(self, transfer_id: str) -> Mapping[str, Any] | None:
+        """The resource of a live transfer, or a finished one (from the store if need be)."""
+        return self.transfer(transfer_id) or await self.store.get(transfer_id)
+
+    def recent_finished(self) -> list[Mapping[str, Any]]:
+        """The last finished transfers, newest first (the console's history)."""
+        return list(reversed(self._finished.values()))
+
+    def tagged(self, view: Mapping[str, Any]) -> dict[str, Any]:
+        """``view`` (a transfer resource or a call) with the name of this runtime's PBX."""
+        tagged = dict(view)
+        tagged["pbx"] = self.pbx
+        return tagged
 
     # -- executing commands ------------------------------------------------------
     def _execute(self, commands: Iterable[Command], started: float) -> None:
@@ -198,9 +220,11 @@ class Runtime:
         unsaved: dict[str, str] = {}  # transfer_id -> why its decision is not on disk
         for command in commands:
             if isinstance(command, TransferChanged):
+                # The engine built this resource for this command alone: tag it in place.
+                cast(dict[str, Any], command.resource)["pbx"] = self.pbx
                 try:
                     export = self.engine.export(command.transfer_id)
-                    self.store.save(command.transfer_id, command.resource, export, command.final)
+                    self.store.save(command.transfer_id, command.resource, export, command.final, self.pbx)
                 except StoreError as exc:
                     self.metrics.store_errors.inc()
                     unsaved[command.transfer_id] = str(exc)
@@ -226,16 +250,61 @@ class Runtime:
                 self._transfer_changed(command)
                 if command.final:
                     finished.append(command.transfer_id)
-            elif isinstance(command, CallChanged) and self._subscribers:
+                    self._finished[command.transfer_id] = command.resource
+                    if len(self._finished) > RECENT_FINISHED:
+                        self._finished.popitem(last=False)
+            elif isinstance(command, RuleNotice):
+                self._rule_notice(command)
+            elif isinstance(command, AskRule):
+                self._spawn(self._ask(command))
+            elif isinstance(command, CallChanged) and self.hub:
                 # Only build the call's view when someone reads the live stream.
                 call = self.engine.call(command.call_id) or {"call_id": command.call_id, "members": []}
-                self._publish({"kind": "call", "call": call})
+                self.hub.publish({"kind": "call", "call": self.tagged(call)}, self.pbx)
         for transfer_id in finished:
             if transfer_id in self._unsaved:
                 continue  # kept until the store has it: the flusher forgets it then
             self.engine.forget(transfer_id)
             for key in [key for key in self._timers if key[0] == transfer_id]:
                 self._cancel_timer(*key)
+
+    def _rule_notice(self, notice: RuleNotice) -> None:
+        """What a routing rule did: a log line and a live-stream message (counters live in the engine)."""
+        log.info(
+            "rule",
+            rule=notice.rule,
+            outcome=notice.outcome,
+            mode=notice.mode,
+            trigger=notice.trigger,
+            call_id=notice.call_id,
+            transfer_id=notice.transfer_id,
+            detail=notice.detail,
+        )
+        if self.hub:
+            message = {
+                "rule": notice.rule,
+                "outcome": notice.outcome,
+                "mode": notice.mode,
+                "trigger": notice.trigger,
+                "call_id": notice.call_id,
+                "transfer_id": notice.transfer_id,
+                "detail": notice.detail,
+                "request": dict(notice.request) if notice.request else None,
+                "pbx": self.pbx,
+            }
+            self.hub.publish({"kind": "rule", "rule": message}, self.pbx)
+
+    async def _ask(self, command: AskRule) -> None:
+        """A rule's ``ask``: POST its facts, feed the answer (or the failure) back."""
+        import httpx
+
+        from adapters.service.rules import ask
+
+        if self._ask_client is None:
+            self._ask_client = httpx.AsyncClient(trust_env=False)
+        answered = await ask(command, self._ask_client, self.clock)
+        if not self._closing:
+            self._sink(answered)
 
     def _transfer_changed(self, command: TransferChanged) -> None:
         resource = command.resource
@@ -250,7 +319,7 @@ class Runtime:
             self.metrics.transfers_finished.labels(
                 str(resource.get("state")), str(resource.get("reason") or "none")
             ).inc()
-        self._publish({"kind": "transfer", "transfer": resource})
+        self.hub.publish({"kind": "transfer", "transfer": resource}, self.pbx)
 
     def _dispatch(self, request: PbxRequest, started: float) -> None:
         if self._closing:
@@ -383,7 +452,8 @@ class Runtime:
                 self._unsaved.discard(transfer_id)
                 return
             try:
-                self.store.save(transfer_id, transfer.resource(), transfer.export(), transfer.final)
+                resource = self.tagged(transfer.resource())
+                self.store.save(transfer_id, resource, transfer.export(), transfer.final, self.pbx)
             except StoreError as exc:
                 log.warning("store_retry_failed", transfer_id=transfer_id, error=str(exc))
                 continue
@@ -417,29 +487,3 @@ class Runtime:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    # -- live stream ---------------------------------------------------------------
-    def subscribe(self) -> Subscription:
-        subscription = Subscription(self._stream_queue_size)
-        self._subscribers.add(subscription)
-        self.metrics.stream_clients.set(len(self._subscribers))
-        return subscription
-
-    def unsubscribe(self, subscription: Subscription) -> None:
-        self._subscribers.discard(subscription)
-        self.metrics.stream_clients.set(len(self._subscribers))
-
-    def _publish(self, message: Mapping[str, Any]) -> None:
-        if not self._subscribers:
-            return
-        text = json.dumps(message, separators=(",", ":"), default=str)
-        for subscription in list(self._subscribers):
-            try:
-                subscription.queue.put_nowait(text)
-            except asyncio.QueueFull:
-                # A slow consumer must never slow the feed: drop it.
-                self.unsubscribe(subscription)
-                subscription.overflowed = True
-                subscription.end()
-                self.metrics.stream_dropped.inc()
-                log.warning("stream_client_dropped", reason="queue full")

@@ -11,16 +11,20 @@ import asyncio
 import contextlib
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import uvicorn
 
 from adapters.base import Observer, PbxAdapter
 from adapters.replay.recorder import Recorder, RecordingRuntime, Tee
 from adapters.service.api import create_app
-from adapters.service.config import Config
+from adapters.service.config import Config, PbxTable
+from adapters.service.hub import Hub
 from adapters.service.logs import get_logger, redactor
 from adapters.service.metrics import Metrics, MetricsObserver
+from adapters.service.roles import User, Users
+from adapters.service.rules import RulesCollector, RulesError, RulesHolder
 from adapters.service.runtime import Runtime
 from adapters.service.store import SqliteStore
 from engine.engine import Engine
@@ -30,9 +34,8 @@ log = get_logger("xferd.service")
 REQUEST_TIMEOUT_S = 5.0
 
 
-def build_adapter(config: Config, observer: Observer) -> PbxAdapter:
-    """The platform adapter named by ``[pbx].kind`` (imported lazily: each pulls its own deps)."""
-    pbx = config.pbx
+def build_adapter(pbx: PbxTable, observer: Observer) -> PbxAdapter:
+    """The platform adapter a ``[pbx]`` table names (imported lazily: each pulls its own deps)."""
     if pbx.kind == "yeastar":
         from adapters.yeastar.adapter import YeastarAdapter
 
@@ -63,10 +66,24 @@ def build_adapter(config: Config, observer: Observer) -> PbxAdapter:
 
 def secrets_of(config: Config) -> list[str]:
     """Every secret value in ``config`` (for the log redactor)."""
-    pbx = config.pbx
     values = [config.api.token]
-    values += [pbx.client_secret] if pbx.kind == "yeastar" else [pbx.access_token, pbx.webhook_secret]
+    for pbx in config.pbx:
+        values += [pbx.client_secret] if pbx.kind == "yeastar" else [pbx.access_token, pbx.webhook_secret]
     return [value.get_secret_value() for value in values if value is not None]
+
+
+@dataclass
+class Unit:
+    """One PBX connection: its config, adapter and runtime (engine inside)."""
+
+    name: str
+    pbx: PbxTable
+    adapter: PbxAdapter
+    runtime: Runtime
+
+    @property
+    def platform(self) -> str:
+        return self.adapter.platform
 
 
 class _Uvicorn(uvicorn.Server):
@@ -79,44 +96,92 @@ class _Uvicorn(uvicorn.Server):
 
 
 class Service:
-    """One running xferd: store, engine, runtime, adapter and control API."""
+    """One running xferd: store, one unit (adapter + engine + runtime) per PBX, control API."""
 
     def __init__(
-        self, config: Config, *, observer: MetricsObserver | None = None, adapter: PbxAdapter | None = None
+        self,
+        config: Config,
+        *,
+        observer: MetricsObserver | None = None,
+        adapter: PbxAdapter | None = None,
+        adapters: Mapping[str, PbxAdapter] | None = None,
     ) -> None:
-        """``adapter`` replaces the one ``[pbx]`` names (tests inject a fake PBX)."""
+        """``adapter`` (one PBX) or ``adapters`` (by PBX name) replace the ones
+        the config names: tests inject fake PBXs."""
         self.config = config
         self.metrics = observer.metrics if observer is not None else Metrics()
         self.observer = observer or MetricsObserver(self.metrics)
         redactor.add(secrets_of(config))
         self.store = SqliteStore(config.store.path)
-        engine = Engine(config.policy.engine_policy())
+        self.hub = Hub(self.metrics)
+        self.users = Users(
+            (User(u.name, u.role, u.token_hash) for u in config.api.users),
+            config.api.token.get_secret_value() if config.api.token else None,
+        )
+        injected = dict(adapters or {})
+        if adapter is not None:
+            injected[config.pbx[0].name] = adapter
         self.recorder: Recorder | None = None
-        if config.record.path is not None:
+        self.units: dict[str, Unit] = {}
+        for pbx in config.pbx:
+            self.units[pbx.name] = self._unit(pbx, injected.get(pbx.name))
+        #: The routing rules file and what it holds (None: no ``[rules] path``).
+        self.rules: RulesHolder | None = None
+        if config.rules.path is not None:
+            self.rules = RulesHolder.open(config.rules.path)  # RulesError: one line
+            self.rules.attach(self)
+            self.metrics.registry.register(RulesCollector(self))
+        self.app = create_app(self, request_timeout_s=REQUEST_TIMEOUT_S)
+        self._socket: socket.socket | None = None
+        self._server: _Uvicorn | None = None
+        self._serving: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    def _unit(self, pbx: PbxTable, adapter: PbxAdapter | None) -> Unit:
+        config = self.config
+        engine = Engine(config.policy_of(pbx).engine_policy())
+        runtime: Runtime
+        if config.record.path is not None:  # one Yeastar PBX (the config checks)
             # Record this run as a scenario: frames and PBX requests through the
             # adapter's observer, API requests and snapshots through the runtime.
             self.recorder = Recorder.open(
                 config.record.path,
                 name=config.record.path.stem,
                 platform="yeastar",
-                policy=config.policy.engine_policy(),
+                policy=config.policy_of(pbx).engine_policy(),
                 secrets=secrets_of(config),
             )
-            self.adapter = adapter or build_adapter(config, Tee(self.observer, self.recorder))
-            self.runtime: Runtime = RecordingRuntime(
-                engine, self.adapter, self.store, self.metrics, recorder=self.recorder
+            adapter = adapter or build_adapter(pbx, Tee(self.observer, self.recorder))
+            runtime = RecordingRuntime(
+                engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub, recorder=self.recorder
             )
         else:
-            self.adapter = adapter or build_adapter(config, self.observer)
-            self.runtime = Runtime(engine, self.adapter, self.store, self.metrics)
-        token = config.api.token.get_secret_value() if config.api.token else None
-        user_number = config.pbx.user_number if config.pbx.kind == "webex" else None
-        self.app = create_app(
-            self.runtime, token=token, request_timeout_s=REQUEST_TIMEOUT_S, webex_user_number=user_number
-        )
-        self._socket: socket.socket | None = None
-        self._server: _Uvicorn | None = None
-        self._serving: asyncio.Task[None] | None = None
+            adapter = adapter or build_adapter(pbx, self.observer)
+            runtime = Runtime(engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub)
+        return Unit(pbx.name, pbx, adapter, runtime)
+
+    def reload_rules(self) -> None:
+        """SIGHUP: load the rules file again (a bad file is logged and refused; the old rules stay)."""
+        if self.rules is None:
+            log.warning("rules_reload_ignored", reason="no [rules] path configured")
+            return
+        with contextlib.suppress(RulesError):  # logged by reload(); the old rules stay
+            self.rules.reload(self)
+
+    @property
+    def runtime(self) -> Runtime:
+        """The runtime of the only PBX (tools and tests that drive one PBX)."""
+        return self._only().runtime
+
+    @property
+    def adapter(self) -> PbxAdapter:
+        """The adapter of the only PBX."""
+        return self._only().adapter
+
+    def _only(self) -> Unit:
+        if len(self.units) != 1:
+            raise RuntimeError(f"this service drives {len(self.units)} PBXs: pick one from .units")
+        return next(iter(self.units.values()))
 
     @property
     def port(self) -> int:
@@ -144,7 +209,8 @@ class Service:
         try:
             sock.bind((host, port))
             sock.listen(128)  # clients queue in the backlog until uvicorn accepts
-            await self.runtime.start()
+            for unit in self.units.values():
+                await unit.runtime.start()
         except BaseException:
             sock.close()
             raise
@@ -158,14 +224,26 @@ class Service:
         )
         self._server = _Uvicorn(config)
         self._serving = asyncio.create_task(self._server.serve(sockets=[sock]))
-        log.info("service_started", listen=f"{host}:{self.port}", platform=self.adapter.platform)
+        log.info(
+            "service_started",
+            listen=f"{host}:{self.port}",
+            pbxs={name: unit.platform for name, unit in self.units.items()},
+        )
 
     async def stop(self) -> None:
-        """Stop the API (closing stream clients), finish in-flight requests, close the adapter and store."""
+        """Stop the API (closing stream clients), finish in-flight requests, close the adapter and store.
+
+        Idempotent: a second call does nothing."""
+        if self._stopped:
+            return
+        self._stopped = True
         if self._server is not None and self._serving is not None:
             self._server.should_exit = True
             await self._serving
-        await self.runtime.close()
+        self.hub.close()
+        for unit in self.units.values():
+            await unit.runtime.close()
+        await self.app.state.audit.close()
         if self.recorder is not None:
             self.recorder.close()
         self.store.close()
@@ -181,6 +259,7 @@ async def run_until_signalled(config: Config) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     service = Service(config)
+    loop.add_signal_handler(signal.SIGHUP, service.reload_rules)
     try:
         await service.start()
     except BaseException:

@@ -12,7 +12,13 @@ case that would otherwise allow a second ``complete``.  An fsync per decision
 is cheap next to a PBX round trip.
 
 The interface (:class:`TransferStore`) is deliberately small so a shared store
-(several instances, one PBX) can replace this one later.
+(several instances, several PBXs) can replace this one.  Reads are ``async``
+(a networked store answers over a round trip); the write-ahead ``save`` is
+synchronous because the decision's request must wait for it.  Each transfer
+row carries the name of the PBX it belongs to (``pbx``).
+
+Schema changes are numbered migrations (SQLite's ``user_version``), applied
+at open, so a store written by an earlier version is upgraded in place.
 """
 
 from __future__ import annotations
@@ -20,29 +26,56 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS transfers (
-    id          TEXT PRIMARY KEY,
-    state       TEXT NOT NULL,
-    final       INTEGER NOT NULL,
-    resource    TEXT NOT NULL,
-    export      TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    updated_at  TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS transfers_active ON transfers (final) WHERE final = 0;
-CREATE INDEX IF NOT EXISTS transfers_created ON transfers (created_at);
-CREATE TABLE IF NOT EXISTS idempotency_keys (
-    key          TEXT PRIMARY KEY,
-    fingerprint  TEXT NOT NULL,
-    transfer_id  TEXT NOT NULL,
-    created      REAL NOT NULL
-);
-"""
+#: Migration n brings a store at ``user_version`` n to n + 1.  Never edit one
+#: that has shipped: add the next.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE IF NOT EXISTS transfers (
+        id          TEXT PRIMARY KEY,
+        state       TEXT NOT NULL,
+        final       INTEGER NOT NULL,
+        resource    TEXT NOT NULL,
+        export      TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS transfers_active ON transfers (final) WHERE final = 0;
+    CREATE INDEX IF NOT EXISTS transfers_created ON transfers (created_at);
+    CREATE TABLE IF NOT EXISTS idempotency_keys (
+        key          TEXT PRIMARY KEY,
+        fingerprint  TEXT NOT NULL,
+        transfer_id  TEXT NOT NULL,
+        created      REAL NOT NULL
+    )
+    """,
+    """
+    ALTER TABLE transfers ADD COLUMN pbx TEXT NOT NULL DEFAULT 'default';
+    CREATE INDEX transfers_pbx_active ON transfers (pbx, final) WHERE final = 0;
+    CREATE TABLE audit (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        at          TEXT NOT NULL,
+        actor       TEXT NOT NULL,
+        role        TEXT NOT NULL,
+        action      TEXT NOT NULL,
+        pbx         TEXT,
+        transfer_id TEXT,
+        channel_id  TEXT,
+        status      INTEGER NOT NULL,
+        outcome     TEXT NOT NULL,
+        detail      TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_transfer ON audit (transfer_id)
+    """,
+)
+
+#: Columns of an audit entry, in table order (``seq`` aside).
+AUDIT_FIELDS = (
+    "at", "actor", "role", "action", "pbx", "transfer_id", "channel_id", "status", "outcome", "detail",
+)  # fmt: skip
 
 
 class StoreError(Exception):
@@ -54,16 +87,33 @@ class StoreError(Exception):
 
 
 class TransferStore(Protocol):
-    """What the runtime and the control API need from a store."""
+    """What the runtime and the control API need from a store.
+
+    ``save`` is the write-ahead step (synchronous: the decision's request
+    waits for it); everything else may be a round trip.  ``pbx`` names the
+    PBX connection a transfer belongs to.
+    """
 
     def save(
-        self, transfer_id: str, resource: Mapping[str, Any], export: Mapping[str, Any], final: bool
+        self,
+        transfer_id: str,
+        resource: Mapping[str, Any],
+        export: Mapping[str, Any],
+        final: bool,
+        pbx: str = "default",
     ) -> None: ...
-    def load_active(self) -> list[dict[str, Any]]: ...
-    def get(self, transfer_id: str) -> dict[str, Any] | None: ...
-    def recent(self, limit: int, state: str | None = None) -> list[dict[str, Any]]: ...
-    def idempotency_get(self, key: str) -> tuple[str, str] | None: ...
-    def idempotency_put(self, key: str, fingerprint: str, transfer_id: str) -> None: ...
+    async def load_active(self, pbx: str = "default") -> list[dict[str, Any]]: ...
+    async def get(self, transfer_id: str) -> dict[str, Any] | None: ...
+    async def recent(
+        self, limit: int, state: str | None = None, pbx: str | None = None
+    ) -> list[dict[str, Any]]: ...
+    async def rule_marks(self, pbx: str, since: float) -> list[dict[str, Any]]: ...
+    async def idempotency_get(self, key: str) -> tuple[str, str] | None: ...
+    async def idempotency_put(self, key: str, fingerprint: str, transfer_id: str) -> None: ...
+    async def audit_append(self, entries: Sequence[Mapping[str, Any]]) -> None: ...
+    async def audit_list(
+        self, limit: int, *, transfer_id: str | None = None, actor: str | None = None
+    ) -> list[dict[str, Any]]: ...
     def close(self) -> None: ...
 
 
@@ -84,19 +134,31 @@ class SqliteStore:
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
-            with self._transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+            self._migrate()
         except sqlite3.Error as exc:
             self._db.close()
             raise self._error("cannot open", exc) from None
 
+    def _migrate(self) -> None:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        for number in range(version, len(_MIGRATIONS)):
+            with self._transaction():
+                for statement in _MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number + 1}")
+
     def save(
-        self, transfer_id: str, resource: Mapping[str, Any], export: Mapping[str, Any], final: bool
+        self,
+        transfer_id: str,
+        resource: Mapping[str, Any],
+        export: Mapping[str, Any],
+        final: bool,
+        pbx: str = "default",
     ) -> None:
         row = (
             transfer_id,
+            pbx,
             str(resource["state"]),
             int(final),
             json.dumps(resource, separators=(",", ":")),
@@ -105,43 +167,85 @@ class SqliteStore:
             str(resource["updated_at"]),
         )
         self._write(
-            "INSERT INTO transfers (id, state, final, resource, export, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO transfers (id, pbx, state, final, resource, export, created_at, updated_at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (id) DO UPDATE SET state = excluded.state, final = excluded.final,"
             " resource = excluded.resource, export = excluded.export, updated_at = excluded.updated_at",
             row,
         )
 
-    def load_active(self) -> list[dict[str, Any]]:
-        """Exports of the transfers that were not final, oldest first (restore order)."""
-        rows = self._read("SELECT export FROM transfers WHERE final = 0 ORDER BY created_at, rowid")
+    async def load_active(self, pbx: str = "default") -> list[dict[str, Any]]:
+        """Exports of ``pbx``'s transfers that were not final, oldest first (restore order)."""
+        rows = self._read(
+            "SELECT export FROM transfers WHERE final = 0 AND pbx = ? ORDER BY created_at, rowid", (pbx,)
+        )
         return [json.loads(export) for (export,) in rows]
 
-    def get(self, transfer_id: str) -> dict[str, Any] | None:
+    async def get(self, transfer_id: str) -> dict[str, Any] | None:
         rows = self._read("SELECT resource FROM transfers WHERE id = ?", (transfer_id,))
         return json.loads(rows[0][0]) if rows else None
 
-    def recent(self, limit: int, state: str | None = None) -> list[dict[str, Any]]:
-        """Resources, newest first; ``state`` filters on the contract's state name."""
-        sql = "SELECT resource FROM transfers"
-        params: tuple[Any, ...] = ()
-        if state is not None:
-            sql += " WHERE state = ?"
-            params = (state,)
-        rows = self._read(sql + " ORDER BY created_at DESC, rowid DESC LIMIT ?", (*params, limit))
+    async def recent(
+        self, limit: int, state: str | None = None, pbx: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Resources, newest first; ``state`` filters on the contract's state name, ``pbx`` on the PBX."""
+        where, params = _where(state=state, pbx=pbx)
+        rows = self._read(
+            f"SELECT resource FROM transfers{where} ORDER BY created_at DESC, rowid DESC LIMIT ?",
+            (*params, limit),
+        )
         return [json.loads(resource) for (resource,) in rows]
 
-    def idempotency_get(self, key: str) -> tuple[str, str] | None:
+    async def rule_marks(self, pbx: str, since: float) -> list[dict[str, Any]]:
+        """Routing rules' decisions (``export.rule``) of ``pbx``'s transfers created since ``since``
+        (epoch seconds): a rule fires once per call and trigger, across restarts."""
+        since_iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(since))
+        rows = self._read(
+            "SELECT json_extract(export, '$.rule') FROM transfers"
+            " WHERE pbx = ? AND created_at >= ? AND json_extract(export, '$.rule') IS NOT NULL",
+            (pbx, since_iso),
+        )
+        return [json.loads(mark) for (mark,) in rows]
+
+    async def idempotency_get(self, key: str) -> tuple[str, str] | None:
         """``(transfer_id, fingerprint)`` stored under ``key``, if any."""
         rows = self._read("SELECT transfer_id, fingerprint FROM idempotency_keys WHERE key = ?", (key,))
         return (rows[0][0], rows[0][1]) if rows else None
 
-    def idempotency_put(self, key: str, fingerprint: str, transfer_id: str) -> None:
+    async def idempotency_put(self, key: str, fingerprint: str, transfer_id: str) -> None:
         self._write(
             "INSERT OR IGNORE INTO idempotency_keys (key, fingerprint, transfer_id, created)"
             " VALUES (?, ?, ?, ?)",
             (key, fingerprint, transfer_id, time.time()),
         )
+
+    async def audit_append(self, entries: Sequence[Mapping[str, Any]]) -> None:
+        """Append audit entries (one transaction for the batch)."""
+        if not entries:
+            return
+        columns = ", ".join(AUDIT_FIELDS)
+        marks = ", ".join("?" for _ in AUDIT_FIELDS)
+        try:
+            with self._transaction():
+                self._db.executemany(
+                    f"INSERT INTO audit ({columns}) VALUES ({marks})",
+                    [tuple(entry.get(name) for name in AUDIT_FIELDS) for entry in entries],
+                )
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.rollback()
+            raise self._error("cannot write", exc) from None
+
+    async def audit_list(
+        self, limit: int, *, transfer_id: str | None = None, actor: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Audit entries, newest first, optionally of one transfer or one actor."""
+        where, params = _where(transfer_id=transfer_id, actor=actor)
+        rows = self._read(
+            f"SELECT seq, {', '.join(AUDIT_FIELDS)} FROM audit{where} ORDER BY seq DESC LIMIT ?",
+            (*params, limit),
+        )
+        return [dict(zip(("seq", *AUDIT_FIELDS), row, strict=True)) for row in rows]
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close (a clean shutdown leaves one file)."""
@@ -177,3 +281,11 @@ class SqliteStore:
 
     def _error(self, what: str, exc: sqlite3.Error) -> StoreError:
         return StoreError(f"store {self.path}: {what}: {exc}")
+
+
+def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
+    """`` WHERE a = ? AND b = ?`` for the filters that are set (names are ours, never input)."""
+    used = {name: value for name, value in filters.items() if value is not None}
+    if not used:
+        return "", ()
+    return " WHERE " + " AND ".join(f"{name} = ?" for name in used), tuple(used.values())

@@ -192,7 +192,19 @@ def _member(item: Any) -> Member | str:
         else:
             return "bad_member"
     member_kind: MemberKind = kind
-    return Member(member_kind, number, channel_id, status)
+    if kind == "extension":
+        return Member(member_kind, number, channel_id, status)
+    # Trunk legs: the trunk and the number at our end (the DID called, the caller id used).
+    trunk = leg.get("trunk_name")
+    peer = leg.get("to" if kind == "inbound" else "from")
+    return Member(
+        member_kind,
+        number,
+        channel_id,
+        status,
+        trunk if type(trunk) is str else "",
+        peer if type(peer) is str else "",
+    )
 
 
 def _members(raw: Any) -> _Members | None:

@@ -22,6 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def expected_names(sizes: Sizes) -> set[str]:
     names = {"ingest", "decision_latency_p50", "decision_latency_p99", "replay_registry", "replay_transfers"}
     names.add("transfers_at_load")
+    names |= {"rules_ingest_indexed", "rules_ingest_unfiltered", "rule_decision_latency_p50"}
+    names.add("rule_decision_latency_p99")
     for calls in sizes.memory_calls:
         names |= {f"memory_per_call@{calls}", f"memory_per_transfer@{calls}", f"memory_after_end@{calls}"}
     names |= {f"ingest_rate@{calls}" for calls in sizes.scaling_calls}

@@ -101,11 +101,16 @@ class FlakyStore(SqliteStore):
         self.locked = False
 
     def save(
-        self, transfer_id: str, resource: Mapping[str, Any], export: Mapping[str, Any], final: bool
+        self,
+        transfer_id: str,
+        resource: Mapping[str, Any],
+        export: Mapping[str, Any],
+        final: bool,
+        pbx: str = "default",
     ) -> None:
         if self.locked:
             raise StoreError(f"store {self.path}: cannot write: database is locked")
-        super().save(transfer_id, resource, export, final)
+        super().save(transfer_id, resource, export, final, pbx)
 
 
 async def _consulting(tmp_path: Path, **policy: Any) -> tuple[Runtime, FakeAdapter, FlakyStore, str]:
@@ -165,7 +170,7 @@ async def test_a_final_state_that_could_not_be_saved_is_not_forgotten(tmp_path: 
         store.locked = False
         await asyncio.sleep(0.5)
         in_engine = runtime.engine.transfer(tid)
-        stored = store.get(tid)
+        stored = await store.get(tid)
         assert stored is not None
         assert in_engine is not None or stored["state"] in ("completed", "aborted"), (
             f"the engine dropped the transfer but the store still says {stored['state']}"

@@ -21,8 +21,8 @@ import httpx
 import pytest
 import structlog
 
-from adapters.service import api as api_module
 from adapters.service import logs
+from adapters.service import roles as roles_module
 from adapters.service.config import ConfigError, load
 from chaos.faults import by_name
 from chaos.fuzz import API_TOKEN as FUZZ_TOKEN
@@ -80,7 +80,7 @@ def test_the_token_is_compared_in_constant_time(base_url: str, monkeypatch: pyte
         seen.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(api_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(roles_module.hmac, "compare_digest", spy)
     response = httpx.get(f"{base_url}/v1/calls", headers={"Authorization": "Bearer guess-1234"})
     assert response.status_code == 401
     assert (b"guess-1234", FUZZ_TOKEN.encode()) in seen

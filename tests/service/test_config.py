@@ -59,9 +59,9 @@ def error_of(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> st
 
 def test_full_yeastar_config(tmp_path: Path) -> None:
     config = load(write(tmp_path, YEASTAR), {})
-    assert config.pbx.kind == "yeastar"
-    assert config.pbx.client_secret.get_secret_value() == "file-secret-123"
-    assert config.pbx.topics == (30011, 30012, 30015)
+    assert config.pbx[0].kind == "yeastar"
+    assert config.pbx[0].client_secret.get_secret_value() == "file-secret-123"
+    assert config.pbx[0].topics == (30011, 30012, 30015)
     assert (config.api.host, config.api.port) == ("127.0.0.1", 8765)
     # relative store paths are relative to the config file, not the cwd
     assert config.store.path == tmp_path / "state.sqlite3"
@@ -74,9 +74,9 @@ def test_full_yeastar_config(tmp_path: Path) -> None:
 def test_webex_defaults_and_env_secrets(tmp_path: Path) -> None:
     env = {"XFERD_PBX_ACCESS_TOKEN": "env-access", "XFERD_API_TOKEN": "env-api"}
     config = load(write(tmp_path, WEBEX), env)
-    assert config.pbx.kind == "webex"
-    assert config.pbx.base_url == "https://webexapis.com/v1"
-    assert config.pbx.access_token.get_secret_value() == "env-access"
+    assert config.pbx[0].kind == "webex"
+    assert config.pbx[0].base_url == "https://webexapis.com/v1"
+    assert config.pbx[0].access_token.get_secret_value() == "env-access"
     assert config.api.token is not None and config.api.token.get_secret_value() == "env-api"
     assert config.store.path == tmp_path / "xferd.sqlite3"
 
@@ -85,8 +85,8 @@ def test_client_secret_may_come_only_from_env(tmp_path: Path) -> None:
     text = YEASTAR.replace('client_secret = "file-secret-123"\n', "")
     assert error_of(tmp_path, text) == "[pbx].client_secret: required"
     config = load(write(tmp_path, text), {"XFERD_PBX_CLIENT_SECRET": "from-env"})
-    assert config.pbx.kind == "yeastar"
-    assert config.pbx.client_secret.get_secret_value() == "from-env"
+    assert config.pbx[0].kind == "yeastar"
+    assert config.pbx[0].client_secret.get_secret_value() == "from-env"
 
 
 @pytest.mark.parametrize(

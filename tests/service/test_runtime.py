@@ -38,11 +38,16 @@ class RecordingStore(SqliteStore):
         self.fail: str | None = None
 
     def save(
-        self, transfer_id: str, resource: Mapping[str, Any], export: Mapping[str, Any], final: bool
+        self,
+        transfer_id: str,
+        resource: Mapping[str, Any],
+        export: Mapping[str, Any],
+        final: bool,
+        pbx: str = "default",
     ) -> None:
         if self.fail:
             raise StoreError(self.fail)
-        super().save(transfer_id, resource, export, final)
+        super().save(transfer_id, resource, export, final, pbx)
         self.log.append(("save", f"{transfer_id}:{resource['state']}"))
 
 
@@ -185,10 +190,10 @@ async def test_slow_stream_client_is_dropped_others_keep_order(
     world: tuple[Runtime, FakeAdapter, Any],
 ) -> None:
     runtime, adapter, _ = world
-    runtime._stream_queue_size = 2
-    slow = runtime.subscribe()
-    runtime._stream_queue_size = 100
-    fast = runtime.subscribe()
+    runtime.hub.queue_size = 2
+    slow = runtime.hub.subscribe()
+    runtime.hub.queue_size = 100
+    fast = runtime.hub.subscribe()
     for n in range(5):
         answered_call(adapter, f"c{n}")
     assert slow.overflowed and await slow.get() is None
@@ -198,11 +203,12 @@ async def test_slow_stream_client_is_dropped_others_keep_order(
     assert sample(runtime, "xferd_stream_clients") == 1
 
 
-async def test_close_ends_streams_and_closes_adapter(world: tuple[Runtime, FakeAdapter, Any]) -> None:
+async def test_close_closes_adapter_and_hub_ends_streams(world: tuple[Runtime, FakeAdapter, Any]) -> None:
     runtime, adapter, _ = world
-    subscription = runtime.subscribe()
+    subscription = runtime.hub.subscribe()
     await runtime.close()
     assert adapter.closed
+    runtime.hub.close()  # the service ends the shared stream when it stops
     assert await subscription.get() is None
 
 

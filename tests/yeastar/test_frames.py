@@ -65,7 +65,9 @@ def test_captured_inbound_trunk_frame_names_the_remote_caller() -> None:
     parsed = parse_frame(CAPTURED_INBOUND, AT)
     assert parsed.events == (
         CallUpdated(
-            AT, "1725446451.243", (Member("inbound", "94424722", "PJSIP/trunk-stc-endpoint-0000008f", "BYE"),)
+            AT,
+            "1725446451.243",
+            (Member("inbound", "94424722", "PJSIP/trunk-stc-endpoint-0000008f", "BYE", "stc", "6402"),),
         ),
     )
 
@@ -84,7 +86,7 @@ def test_outbound_member_is_named_by_the_dialled_number() -> None:
     leg["outbound"]["member_status"] = "EARLYMEDIA"
     parsed = parse_frame(frame(30011, {"call_id": "1.2", "members": [leg]}), AT)
     assert parsed.events[0] == CallUpdated(
-        AT, "1.2", (Member("outbound", "5503301", "PJSIP/trunk-x-1", "EARLYMEDIA"),)
+        AT, "1.2", (Member("outbound", "5503301", "PJSIP/trunk-x-1", "EARLYMEDIA", "x", "2005"),)
     )
 
 
@@ -224,7 +226,7 @@ def test_member_tolerances() -> None:
         AT,
         "1.2",
         (
-            Member("inbound", "", "PJSIP/trunk-a-1", "RING"),
+            Member("inbound", "", "PJSIP/trunk-a-1", "RING", "", "6402"),
             Member("extension", "2005", "PJSIP/2005-1", "ANSWER"),
             Member("extension", "2008", "PJSIP/2008-2", "RING"),
         ),
