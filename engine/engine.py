@@ -113,8 +113,12 @@ class Engine:
                 if isinstance(event, CallFailed):
                     self._failed(event, touched)
             calls = self.registry.calls
-            for call_id in dict.fromkeys([change.call_id for change in changes]):
+            if len(changes) == 1:  # the common case: one leg of one call changed
+                call_id = changes[0].call_id
                 calls_out.append(CallChanged(call_id, ended=call_id not in calls))
+            else:
+                for call_id in dict.fromkeys([change.call_id for change in changes]):
+                    calls_out.append(CallChanged(call_id, ended=call_id not in calls))
         elif isinstance(event, TransferRequested):
             transfer = self._create(event)
             touched[transfer.id] = transfer

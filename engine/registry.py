@@ -111,7 +111,11 @@ class CallRegistry:
     def apply(self, event: CallUpdated | CallEnded | CallFailed | CallsSnapshot) -> list[LegChange]:
         """Merge one PBX event; return what changed (possibly nothing)."""
         self._prune(event.at)
-        if isinstance(event, CallUpdated):
+        if type(event) is CallUpdated and len(event.members) == 1 and not event.full:
+            # The common frame (a single-member delta): no list to build for it.
+            change = self._merge(event.call_id, event.members[0], event.at, trusted=False)
+            changes = [change] if change is not None else []
+        elif isinstance(event, CallUpdated):
             changes = self._update(event.call_id, event.members, event.at, full=event.full)
         elif isinstance(event, CallEnded):
             changes = self._end_call(event.call_id, event.at)
