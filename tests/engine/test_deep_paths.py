@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
+from engine import Rejected, RequestFinished
 from engine.transfer import Transfer
 from tests.engine.harness import (
     CALL,
@@ -122,3 +125,52 @@ def test_a_record_from_an_older_version_keeps_the_defaults_of_newer_facts() -> N
     assert (restored.abort_resent, restored.operator_took_over, restored.unsent) == (False, False, None)
     assert restored.pending is not None
     assert (restored.pending.channel_id, restored.pending.rechecked) == ("", False)
+
+
+def test_an_answer_delay_that_ends_before_the_start_is_accepted_still_completes() -> None:
+    """The target answered and answer_delay_s passed while the start was in flight (finding 1)."""
+    h = Harness()
+    h.setup_call()
+    start = h.start(answer_delay_s=1.0)
+    h.target("RING")
+    h.target("ANSWER")
+    assert h.state() == "idle"
+    h.fire("answer_delay")
+    complete = only_request(h.result(start, call_id=CONSULT))
+    assert complete.action == "complete"
+
+
+def test_with_the_target_gone_and_nothing_in_flight_only_abort_is_allowed() -> None:
+    h = Harness()
+    h.consulting()
+    abort = only_request(h.failed())  # busy: the consultation is aborted …
+    h.feed(RequestFinished(h.now, "t1", abort.request_id, "refused", errmsg="not sent", sent=False))
+    transfer = h.engine.get("t1")  # … but that abort could not be sent yet
+    assert transfer is not None
+    assert (transfer.state, transfer.pending, transfer.target_status) == ("consulting", None, "gone")
+    assert transfer.allowed_ops() == ["abort"]
+
+
+def test_a_party_hanging_up_after_the_end_changes_nothing() -> None:
+    h = Harness()
+    h.consulting()
+    h.result(only_request(h.target("ANSWER")))
+    before = h.resource()
+    h.tick(5)
+    out = h.transferee("BYE")
+    assert h.resource() == before
+    assert not [c for c in out if type(c).__name__ == "TransferChanged"]
+
+
+def test_409_details_say_why() -> None:
+    h = Harness()
+    h.consulting(on_answer="hold")
+    h.target("ANSWER")
+    complete = only_request(h.op("complete"))
+    with pytest.raises(Rejected) as in_flight:
+        h.op("abort")
+    assert "awaiting the PBX's answer" in in_flight.value.detail
+    h.result(complete, "refused", errcode=10004)  # an operator's complete refused: nothing changes
+    with pytest.raises(Rejected) as second:
+        h.op("complete")
+    assert "already sent its one complete request" in second.value.detail
