@@ -174,3 +174,49 @@ def test_409_details_say_why() -> None:
     with pytest.raises(Rejected) as second:
         h.op("complete")
     assert "already sent its one complete request" in second.value.detail
+
+
+def test_the_threeway_policy_is_named_in_the_history() -> None:
+    h = Harness()
+    h.consulting(on_answer="threeway")
+    h.result(only_request(h.target("ANSWER")))
+    assert h.resource()["history"][-1]["trigger"] == "policy"
+    assert h.state() == "threeway"
+
+
+def test_transferor_and_target_gone_with_nothing_in_flight_ends_the_transfer() -> None:
+    h = Harness()
+    h.consulting()
+    abort = only_request(h.failed())  # busy: abort …
+    h.feed(RequestFinished(h.now, "t1", abort.request_id, "refused", errmsg="not sent", sent=False))
+    h.tick(0.5)
+    h.transferor("BYE")  # … which could not be sent; now the transferor is gone too
+    assert final(h) == ("aborted", "transferor_hangup")
+    assert h.resource()["history"][-1]["at"] == h.resource()["updated_at"]
+
+
+def test_a_swap_holds_the_answered_target() -> None:
+    h = Harness()
+    h.consulting(on_answer="hold")
+    h.target("ANSWER")
+    h.result(only_request(h.op("swap")))
+    assert h.resource()["target"]["status"] == "held"
+
+
+def test_a_sub_second_answer_delay_is_a_delay() -> None:
+    h = Harness()
+    h.consulting(answer_delay_s=0.5)
+    out = h.target("ANSWER")
+    assert not [c for c in out if type(c).__name__ == "PbxRequest"], "no complete before the delay"
+    timers = [c for c in out if type(c).__name__ == "StartTimer"]
+    assert len(timers) == 1 and timers[0].at == h.now + 0.5  # type: ignore[attr-defined]
+
+
+def test_an_operator_hangup_refused_as_gone_is_done() -> None:
+    """In three-way, 'complete' hangs the transferor up; 'gone' means it already left."""
+    h = Harness()
+    h.consulting(on_answer="threeway")
+    h.result(only_request(h.target("ANSWER")))
+    hangup = only_request(h.op("complete"))
+    h.result(hangup, "refused", errcode=60001, gone=True)
+    assert final(h) == ("completed", "operator")
