@@ -69,7 +69,8 @@ def test_an_unknown_threeway_is_not_taken_as_done_once_the_transferor_left() -> 
     threeway = only_request(h.op("threeway"))
     h.result(threeway, "unknown")
     h.snapshot(*_legs(transferee="ANSWER", target="ANSWER", transferor=False))
-    assert h.state() != "threeway"
+    assert h.state() == "consulting"  # not taken as joined: a second look is due
+    assert any(tag.startswith("recheck#") for tag in h.engine.get("t1").timers)  # type: ignore[union-attr]
 
 
 def test_a_refused_clean_up_hangup_ends_the_transfer() -> None:
@@ -169,7 +170,7 @@ def test_409_details_say_why() -> None:
     complete = only_request(h.op("complete"))
     with pytest.raises(Rejected) as in_flight:
         h.op("abort")
-    assert "awaiting the PBX's answer" in in_flight.value.detail
+    assert "its complete request is still awaiting the PBX's answer;" in in_flight.value.detail
     h.result(complete, "refused", errcode=10004)  # an operator's complete refused: nothing changes
     with pytest.raises(Rejected) as second:
         h.op("complete")
@@ -220,3 +221,29 @@ def test_an_operator_hangup_refused_as_gone_is_done() -> None:
     hangup = only_request(h.op("complete"))
     h.result(hangup, "refused", errcode=60001, gone=True)
     assert final(h) == ("completed", "operator")
+
+
+def test_a_refused_complete_after_the_transferor_left_gives_the_caller_back() -> None:
+    h = Harness()
+    h.consulting()
+    complete = only_request(h.transferor("BYE"))
+    assert complete.action == "complete"
+    abort = only_request(h.result(complete, "refused", errcode=10004))
+    assert abort.action == "abort"
+
+
+def test_the_transferor_leaving_before_any_target_leg_aborts_the_consultation() -> None:
+    h = Harness()
+    h.setup_call()
+    h.result(h.start(on_transferor_hangup="abort"), call_id=CONSULT)  # no target leg seen yet
+    abort = only_request(h.transferor("BYE"))
+    assert (abort.action, abort.channel_id) == ("abort", TRANSFEROR)
+
+
+def test_a_refused_clean_up_after_the_answered_target_hung_up_ends_the_transfer() -> None:
+    h = Harness()
+    h.consulting(on_answer="hold")
+    h.target("ANSWER")
+    abort = only_request(h.target("BYE"))
+    h.result(abort, "refused", errcode=10004)
+    assert final(h) == ("aborted", "target_hangup")
