@@ -37,10 +37,24 @@ class Observer:
         """A raw frame as received (for recording scenarios)."""
 
     def pbx_request(
-        self, endpoint: str, body: dict[str, Any], answer: dict[str, Any] | None, result: str, seconds: float
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        answer: dict[str, Any] | None,
+        result: str,
+        seconds: float,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         """A PBX HTTP request was made.  ``result`` is ``ok``, ``refused``,
-        ``unknown`` or ``error``; ``body``/``answer`` are redacted."""
+        ``unknown`` or ``error``; ``body``/``answer`` are redacted.  Platforms
+        whose errors are HTTP statuses (Webex) also give ``status`` and, for a
+        throttled request, the ``retry_after`` seconds it was told to wait."""
+
+    def unmapped_state(self, state: str, personality: str) -> None:
+        """A call reported a state the platform reference does not name; its
+        legs were kept as they were (Webex: see :mod:`adapters.webex.events`)."""
 
     def reconnect(self) -> None:
         """The event link was re-established after a loss."""
@@ -86,6 +100,21 @@ class PbxAdapter(Protocol):
 
     async def close(self) -> None:
         """Stop background tasks, close the link, revoke credentials."""
+
+
+class CredentialStore(Protocol):
+    """Where one PBX connection keeps credentials that change while it runs
+    (a Webex integration's latest refresh token), so a restart uses the newest.
+
+    One per PBX connection, handed to the adapter by the service.  Values are
+    secrets: implementations never log them.
+    """
+
+    async def load(self) -> dict[str, Any] | None:
+        """The value last saved, or None."""
+
+    async def save(self, value: dict[str, Any]) -> None:
+        """Replace the value (durably: it may be the only valid refresh token)."""
 
 
 class FatalPbxError(Exception):

@@ -146,7 +146,7 @@ def demo(args: argparse.Namespace) -> int:
 
 @command(
     "simulate",
-    "run the PBX simulator alone (loopback), for integration tests",
+    "run a PBX simulator alone (loopback), for integration tests",
     arg(
         "--port",
         required=True,
@@ -154,11 +154,87 @@ def demo(args: argparse.Namespace) -> int:
         metavar="N",
         help="TCP port on 127.0.0.1 (0: any free port)",
     ),
+    arg("--pbx", default="yeastar", choices=("yeastar", "webex"), help="which platform to simulate"),
 )
 def simulate(args: argparse.Namespace) -> int:
+    if args.pbx == "webex":
+        from adapters.webex.simulator import serve_forever as serve_webex
+
+        until_signalled(serve_webex(args.port))
+        return 0
     from adapters.yeastar.simulator import serve_forever
 
     until_signalled(serve_forever(args.port))
+    return 0
+
+
+@command(
+    "webex",
+    "Webex Calling setup: `webex authorize` runs an integration's one-time authorization",
+    arg("action", choices=("authorize",), help="authorize: get and store the integration's refresh token"),
+    arg("--config", required=True, metavar="PATH", help="the service's TOML config (its [pbx] and [store])"),
+    arg("--pbx", default=None, metavar="NAME", help="which PBX of the config (default: its only one)"),
+    arg("--client-id", default=None, metavar="ID", help="the integration's Client ID (else [pbx].client_id)"),
+    arg(
+        "--client-secret",
+        default=None,
+        metavar="SECRET",
+        help="the integration's Client Secret (else [pbx].client_secret or env XFERD_PBX_CLIENT_SECRET)",
+    ),
+    arg(
+        "--port",
+        default=8766,
+        type=port_number,
+        metavar="N",
+        help="loopback port of the redirect URI http://127.0.0.1:N/callback (default 8766)",
+    ),
+)
+def webex(args: argparse.Namespace) -> int:
+    import os
+
+    from adapters.service.config import DEFAULT_PBX_NAME, ConfigError, load, pbx_env_name
+    from adapters.service.store import SqliteStore, StoredCredentials, StoreError
+    from adapters.webex.authorize import AuthorizationFailed, Integration, authorize
+    from adapters.webex.oauth import CREDENTIAL_KIND, fingerprint
+
+    environ = dict(os.environ)
+    for key, value in (("client_id", args.client_id), ("client_secret", args.client_secret)):
+        if value:  # the plain name means "the one PBX"; the named one, that PBX of several
+            environ[f"XFERD_PBX_{key.upper()}"] = value
+            environ[pbx_env_name(args.pbx or DEFAULT_PBX_NAME, key)] = value
+    try:
+        config = load(args.config, environ)
+    except ConfigError as exc:
+        return fail(str(exc), 2)
+    if args.pbx is None and len(config.pbx) != 1:
+        names = ", ".join(entry.name for entry in config.pbx)
+        return fail(f"config error in {args.config}: several PBXs ({names}): name one with --pbx", 2)
+    pbx = config.pbx_named(args.pbx) if args.pbx else config.pbx[0]
+    if pbx is None:
+        return fail(f"config error in {args.config}: no PBX named {args.pbx!r}", 2)
+    name = pbx.name
+    if pbx.kind != "webex" or pbx.client_id is None or pbx.client_secret is None:
+        return fail(
+            f"config error in {args.config}: [pbx].client_id: required for `xferd webex authorize` "
+            '(kind = "webex" with an integration\'s client_id and client_secret)',
+            2,
+        )
+    integration = Integration(pbx.base_url, pbx.client_id, pbx.client_secret.get_secret_value())
+    seed = fingerprint(pbx.refresh_token.get_secret_value()) if pbx.refresh_token else None
+    try:
+        store = SqliteStore(config.store.path)
+    except StoreError as exc:
+        return fail(str(exc), 1)
+    credentials = StoredCredentials(store, name, CREDENTIAL_KIND)
+    try:
+        asyncio.run(authorize(integration, credentials, seed=seed, port=args.port, out=sys.stdout))
+    except (AuthorizationFailed, StoreError) as exc:
+        return fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return fail("authorization cancelled", 1)
+    finally:
+        store.close()
+    print(f"xferd: the refresh token is stored in {config.store.path} for PBX {name!r}; `xferd run` uses it")
     return 0
 
 

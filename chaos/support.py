@@ -209,7 +209,15 @@ class RawRecording(Observer):
         self._write({"kind": "frame", "at": at, "text": text})
 
     def pbx_request(
-        self, endpoint: str, body: dict[str, Any], answer: dict[str, Any] | None, result: str, seconds: float
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        answer: dict[str, Any] | None,
+        result: str,
+        seconds: float,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self._write(
             {"kind": "request", "endpoint": endpoint, "body": body, "answer": answer, "result": result}

@@ -1,9 +1,9 @@
-"""Regenerate the scenario library by recording the service against the PBX simulator.
+"""Regenerate the scenario library by recording the service against the PBX simulators.
 
 Usage (from the project root)::
 
     python scenarios/generate.py            # every scenario
-    python scenarios/generate.py NAME...    # just these
+    python scenarios/generate.py NAME...    # just these (a prefix such as ``webex-`` selects all it starts)
 
 Each scenario below is a short script: it places a call on the simulator,
 starts a transfer the way the control API does, and makes the phones (and the
@@ -19,6 +19,10 @@ the generator exits 1.  Then the file is replayed and must pass.
 Times are short (phones answer within 0.1 s, the no-answer timeout is 0.4 s)
 so the whole library records in well under a minute; the one-hour scenario
 is recorded short and its pause stretched afterwards (see its description).
+
+The ``webex-`` scenarios record the Webex adapter against the Webex
+simulator (:class:`adapters.replay.live.WebexLiveRecording`): the user of the
+simulator is the transferor, callers are external numbers.
 """
 
 from __future__ import annotations
@@ -34,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from adapters.replay.format import RequestPattern, read
-from adapters.replay.live import LiveRecording, expectations
+from adapters.replay.live import LiveRecording, WebexLiveRecording, expectations
 from adapters.replay.runner import replay
 from adapters.service import logs
+from adapters.webex.simulator import SimVariant
 from adapters.yeastar.simulator import PbxSimulator, Phone, SimConfig
 from engine.model import PbxRequest, Policy
 
@@ -55,7 +60,7 @@ THREEWAY = Policy(on_answer="threeway", no_answer_timeout_s=TIMEOUT_S)
 NEVER_RINGS = Phone(answer_after=None)
 ANSWERS = Phone(answer_after=ANSWER_S)
 
-Script = Callable[[LiveRecording], Awaitable[None]]
+Script = Callable[[Any], Awaitable[None]]  # a LiveRecording, or a WebexLiveRecording for webex-*
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,8 @@ class Spec:
     step: Callable[[PbxRequest], str | None] | None = None
     #: stretch the recording after the first line matching this kind/op by this many seconds
     stretch: tuple[str, float] | None = None
+    #: how a webex-* scenario's service and simulator are set up (WebexLiveRecording's options)
+    webex: dict[str, Any] | None = None
 
 
 SPECS: list[Spec] = []
@@ -704,6 +711,260 @@ async def _an_hour(rec: LiveRecording) -> None:
 
 
 # ------------------------------------------------------------------------------------
+# Webex Calling (the simulator's user is the transferor)
+# ------------------------------------------------------------------------------------
+
+WEBEX_CALLER = "+15552000001"  # the transferee, calling the user
+WEBEX_TARGET = "+15553000001"
+WEBEX_FALLBACK = "+15553000002"
+WEBHOOK: dict[str, Any] = {}
+
+
+def webex_scenario(name: str, description: str, **options: Any) -> Callable[[Script], Script]:
+    options.setdefault("webex", WEBHOOK)
+    return scenario(name, description, **options)
+
+
+async def webex_consult(
+    rec: WebexLiveRecording, number: str = WEBEX_TARGET, until: str = "ringing", **policy: Any
+) -> str:
+    """The caller talks to the user, who starts an attended transfer to ``number``,
+    until the target is ``until``; returns the caller's callId (the original call)."""
+    original = await rec.call(WEBEX_CALLER)
+    refused = rec.start("t1", number, channel_id=original, policy=policy or None)
+    assert refused is None, refused
+    await rec.until(lambda: target_status(rec) == until and rec.state("t1") != "idle")
+    return original
+
+
+def consult_call(rec: WebexLiveRecording) -> str:
+    return str(rec.resource("t1")["target"]["channel_id"]).removesuffix("/remote")
+
+
+async def webex_finish(rec: WebexLiveRecording) -> None:
+    """The transfer ended and every delivery it caused has arrived (polling: two
+    more polls after the last call ended were seen)."""
+    await rec.reach("t1")
+    sim = rec.sim
+    await sim.wait_for(lambda: not any(c.personality == "clickToDial" for c in sim.calls()))
+    if rec.events == "poll":
+        polls = sum(1 for r in sim.requests if r.method == "GET")
+        await sim.wait_for(lambda: sum(1 for r in sim.requests if r.method == "GET") >= polls + 2)
+    else:
+        await sim.drained()
+        await rec.settle()
+
+
+@webex_scenario(
+    "webex-nominal",
+    "Webex: the user holds the caller and dials the target (hold, dial); the target answers; on_answer="
+    "complete: transfer(callId1, callId2) at once; completed (policy).",
+    actions={"t1": ["start", "complete"]},
+    final={"t1": ("completed", "policy")},
+    never=(({"action": "abort"}, 0),),
+)
+async def _webex_nominal(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, answer_after=ANSWER_S)
+    await webex_consult(rec)
+    await webex_finish(rec)
+
+
+@webex_scenario(
+    "webex-no-answer",
+    "Webex: the target rings and never answers; after no_answer_timeout_s (0.4 s) the service aborts: "
+    "hangup(callId2), resume(callId1); aborted (no_answer).",
+    actions={"t1": ["start", "abort"]},
+    final={"t1": ("aborted", "no_answer")},
+    never=(({"action": "complete"}, 0),),
+)
+async def _webex_no_answer(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, answer_after=None)
+    await webex_consult(rec)
+    await webex_finish(rec)
+
+
+@webex_scenario(
+    "webex-busy-fallback-answers",
+    "Webex: the target is busy — Webex gives no cause: the consult call goes disconnected without ever "
+    "being answered, a failed attempt. The service aborts (the hangup finds the call gone: 404, fine; the "
+    "caller is resumed) and dials the fallback, who answers; complete; completed (policy).",
+    actions={"t1": ["start", "abort", "start", "complete"]},
+    final={"t1": ("completed", "policy")},
+    policy=Policy(no_answer_timeout_s=TIMEOUT_S, fallback_numbers=(WEBEX_FALLBACK,)),
+)
+async def _webex_busy_fallback(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, busy=True)
+    rec.sim.set_party(WEBEX_FALLBACK, answer_after=ANSWER_S)
+    original = await rec.call(WEBEX_CALLER)
+    assert rec.start("t1", WEBEX_TARGET, channel_id=original) is None
+    await webex_finish(rec)
+
+
+@webex_scenario(
+    "webex-swap-and-swap-back",
+    "Webex, on_answer=hold: the target answers; the operator swaps to the caller (hold callId2, resume "
+    "callId1: the target shows held), swaps back, then completes; completed (operator).",
+    actions={"t1": ["start", "swap", "swap", "complete"]},
+    final={"t1": ("completed", "operator")},
+    policy=HOLD,
+)
+async def _webex_swap(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, answer_after=ANSWER_S)
+    await webex_consult(rec, until="answered")
+    assert rec.operate("t1", "swap") is None
+    await rec.until(lambda: rec.state("t1") == "swapped" and target_status(rec) == "held")
+    assert rec.operate("t1", "swap") is None
+    await rec.until(lambda: rec.state("t1") == "consulting" and target_status(rec) == "answered")
+    assert rec.operate("t1", "complete") is None
+    await webex_finish(rec)
+
+
+@webex_scenario(
+    "webex-duplicated-and-reordered-deliveries",
+    "Webex delivers every webhook twice and swaps them in pairs. Duplicates (same eventTimestamp) and "
+    "overtaken deliveries (older eventTimestamp) are counted and dropped, never applied: one start, one "
+    "complete; completed (policy).",
+    actions={"t1": ["start", "complete"]},
+    final={"t1": ("completed", "policy")},
+    never=(({"action": "complete"}, 1),),
+)
+async def _webex_duplicates(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, answer_after=0.2)
+    original = await rec.call(WEBEX_CALLER)
+    rec.sim.duplicate_deliveries = rec.sim.reorder_deliveries = True
+    assert rec.start("t1", WEBEX_TARGET, channel_id=original) is None
+    await webex_finish(rec)
+
+
+@webex_scenario(
+    "webex-throttled-429-retried",
+    "Webex answers the hold 429 with Retry-After 0.2 s: Webex did not act, so the client waits and sends "
+    "it again (recorded: the 429, then the 204); the transfer goes on: start, complete; completed (policy).",
+    actions={"t1": ["start", "complete"]},
+    final={"t1": ("completed", "policy")},
+)
+async def _webex_throttled(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, answer_after=ANSWER_S)
+    original = await rec.call(WEBEX_CALLER)
+    rec.sim.throttle(1, 0.2)
+    assert rec.start("t1", WEBEX_TARGET, channel_id=original) is None
+    await webex_finish(rec)
+
+
+@webex_scenario(
+    "webex-complete-outcome-unknown-reconciled",
+    "Webex carries out the transfer but its answer never comes (the request times out after 0.3 s): the "
+    "outcome is unknown, so the service does not resend; the deliveries and a listing of the calls show "
+    "both of the user's calls gone, and it concludes completed (policy). One complete.",
+    actions={"t1": ["start", "complete"]},
+    final={"t1": ("completed", "policy")},
+    never=(({"action": "complete"}, 1),),
+    webex={"request_timeout_s": 0.3},
+)
+async def _webex_unknown(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, answer_after=ANSWER_S)
+    rec.before("complete", lambda _: rec.sim.stall(1, 1.0))
+    await webex_consult(rec)
+    await webex_finish(rec)
+
+
+@webex_scenario(
+    "webex-undocumented-state-does-not-abort",
+    "While the target rings, its call reports combinations the reference does not name (personality "
+    "originator with state alerting, then a state earlyMedia without a personality). A live call never loses "
+    "a leg: the target's leg keeps ringing, each is counted as unmapped, nothing is decided on it; the "
+    "target answers; complete; completed (policy).",
+    actions={"t1": ["start", "complete"]},
+    final={"t1": ("completed", "policy")},
+    never=(({"action": "abort"}, 0),),
+)
+async def _webex_undocumented(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, answer_after=None)
+    await webex_consult(rec)
+    consult = consult_call(rec)
+    rec.sim.report(consult, "alerting", personality="originator")
+    rec.sim.report(consult, "earlyMedia", personality="")
+    await rec.sim.drained()
+    await rec.settle()
+    assert rec.state("t1") == "consulting" and target_status(rec) == "ringing"
+    rec.sim.report(consult, "connected", personality="clickToDial")
+    await webex_finish(rec)
+
+
+@webex_scenario(
+    "webex-remote-ringing-as-alerting",
+    "A cloud that reports the ringing target as connecting, then alerting (and dial first rings the user's "
+    "own device, clickToDial + alerting, until it answers): the consultation's alerting after dialling is "
+    "not 'nothing dialled yet' — the target's leg keeps ringing; it answers; completed (policy).",
+    actions={"t1": ["start", "complete"]},
+    final={"t1": ("completed", "policy")},
+    never=(({"action": "abort"}, 0),),
+    webex={"variant": SimVariant(remote_ringing="alerting", device_first=True)},
+)
+async def _webex_alerting(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, answer_after=0.2)
+    original = await rec.call(WEBEX_CALLER)
+    assert rec.start("t1", WEBEX_TARGET, channel_id=original) is None
+    await webex_finish(rec)
+
+
+@webex_scenario(
+    "webex-polling-complete",
+    "Webex without a public URL: events come from GET /telephony/calls every 0.05 s (each answer is "
+    "recorded and replayed as the event source). The target answers; complete; completed (policy).",
+    actions={"t1": ["start", "complete"]},
+    final={"t1": ("completed", "policy")},
+    webex={"events": "poll"},
+)
+async def _webex_polling(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, answer_after=0.2)
+    await webex_consult(rec)
+    await webex_finish(rec)
+
+
+@webex_scenario(
+    "webex-vanished-call-reconciled-after-404",
+    "Polling every 30 s, so the caller's hang-up goes unseen; the operator's complete gets 404 (the call "
+    "is gone): the adapter lists the calls at once (recorded as a reconcile listing), ends the vanished "
+    "call, and the engine aborts the consultation as a clean-up; aborted (transferee_hangup).",
+    actions={"t1": ["start", "complete", "abort"]},
+    final={"t1": ("aborted", "transferee_hangup")},
+    policy=HOLD,
+    never=(({"action": "complete"}, 1),),
+    webex={"events": "poll", "poll_interval_s": 30.0, "setup": lambda sim: sim.incoming_call(WEBEX_CALLER)},
+)
+async def _webex_vanished(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, answer_after=ANSWER_S)
+    original = rec.sim.calls()[0].id  # connected before the service started: its start-up listing has it
+    await rec.until(lambda: rec.leg_status(original) == "ANSWER")
+    assert rec.start("t1", WEBEX_TARGET, channel_id=original) is None
+    await rec.sim.wait_for(lambda: any(c.personality == "clickToDial" for c in rec.sim.calls()))
+    consult = next(c.id for c in rec.sim.calls() if c.personality == "clickToDial")
+    await rec.sim.wait_for(lambda: getattr(rec.sim.call(consult), "state", "") == "connected")
+    rec.sim.hangup_remote(original)  # unseen: the next poll is 30 s away
+    assert rec.operate("t1", "complete") is None
+    await rec.reach("t1")
+    await rec.sim.wait_for(lambda: not rec.sim.calls())
+
+
+@webex_scenario(
+    "webex-token-renewed-after-401",
+    "An integration's access token is refused (401) when the consultation starts: the client renews it "
+    "once with the refresh token (recorded, tokens masked) and sends the hold again, which works; the "
+    "transfer goes on: start, complete; completed (policy).",
+    actions={"t1": ["start", "complete"]},
+    final={"t1": ("completed", "policy")},
+    webex={"oauth": True},
+)
+async def _webex_token(rec: WebexLiveRecording) -> None:
+    rec.sim.set_party(WEBEX_TARGET, answer_after=ANSWER_S)
+    original = await rec.call(WEBEX_CALLER)
+    rec.sim.revoke_access_tokens()
+    assert rec.start("t1", WEBEX_TARGET, channel_id=original) is None
+    await webex_finish(rec)
+
+
+# ------------------------------------------------------------------------------------
 # the generator
 # ------------------------------------------------------------------------------------
 
@@ -743,14 +1004,21 @@ async def generate(spec: Spec, folder: Path) -> list[str]:
     """Record ``spec`` into ``folder``; the problems found (nothing written if any)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{spec.name}.jsonl"
-        async with LiveRecording(
-            path,
-            name=spec.name,
-            description=spec.description,
-            policy=spec.policy,
-            sim=spec.sim,
-            request_timeout_s=spec.request_timeout_s,
-        ) as rec:
+        live: LiveRecording | WebexLiveRecording
+        if spec.webex is not None:
+            live = WebexLiveRecording(
+                path, name=spec.name, description=spec.description, policy=spec.policy, **spec.webex
+            )
+        else:
+            live = LiveRecording(
+                path,
+                name=spec.name,
+                description=spec.description,
+                policy=spec.policy,
+                sim=spec.sim,
+                request_timeout_s=spec.request_timeout_s,
+            )
+        async with live as rec:
             await spec.script(rec)
             made, outcomes = rec.made, rec.outcomes()
         problems = truth_problems(spec, made, outcomes)
@@ -777,13 +1045,17 @@ async def generate(spec: Spec, folder: Path) -> list[str]:
 
 async def main(names: list[str]) -> int:
     logs.configure("console", logging.WARNING)
-    unknown = set(names) - {spec.name for spec in SPECS}
+
+    def chosen(spec: Spec) -> bool:
+        return not names or any(spec.name == name or spec.name.startswith(name) for name in names)
+
+    unknown = {name for name in names if not any(spec.name.startswith(name) for spec in SPECS)}
     if unknown:
         print(f"unknown scenario(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     failed = 0
     for spec in SPECS:
-        if names and spec.name not in names:
+        if not chosen(spec):
             continue
         problems = await generate(spec, HERE)
         if problems:

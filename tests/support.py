@@ -26,6 +26,7 @@ class RecordingObserver(Observer):
     requests: list[tuple[str, dict[str, Any], dict[str, Any] | None, str]] = field(default_factory=list)
     reconnects: int = 0
     links: list[tuple[bool, str]] = field(default_factory=list)
+    unmapped: list[tuple[str, str]] = field(default_factory=list)
 
     def frame(self, kind: str) -> None:
         self.frames.append(kind)
@@ -37,9 +38,20 @@ class RecordingObserver(Observer):
         self.raw.append(text)
 
     def pbx_request(
-        self, endpoint: str, body: dict[str, Any], answer: dict[str, Any] | None, result: str, seconds: float
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        answer: dict[str, Any] | None,
+        result: str,
+        seconds: float,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.requests.append((endpoint, body, answer, result))
+
+    def unmapped_state(self, state: str, personality: str) -> None:
+        self.unmapped.append((state, personality))
 
     def reconnect(self) -> None:
         self.reconnects += 1

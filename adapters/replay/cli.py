@@ -5,8 +5,9 @@ each sets ``handler(args) -> exit code`` like the other subcommands.
 
 Exit codes: ``replay`` 0 when every scenario passed, 1 when one failed, 2
 for bad arguments or a bad scenario file (one line, no traceback);
-``record`` 0 after SIGINT/SIGTERM, 1 when the PBX refuses us for good, 2 for
-bad arguments or a bad config.
+``record`` 0 after SIGINT/SIGTERM, 1 when the PBX refuses us for good (or the
+store cannot be opened), 2 for bad arguments or a bad config.  Webex is
+recorded in poll mode (``record`` serves no webhook listener).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from adapters.replay.runner import replay
 from engine.model import CallsSnapshot, Event
 
 if TYPE_CHECKING:  # the service's modules are imported only by ``record``: replay stays light
+    from adapters.base import CredentialStore
     from adapters.replay.recorder import Recorder
     from adapters.service.config import PbxTable
 
@@ -122,7 +124,8 @@ def record_command(args: argparse.Namespace) -> int:
     from adapters.replay.recorder import Recorder
     from adapters.service import logs
     from adapters.service.config import ConfigError, load
-    from adapters.service.server import secrets_of
+    from adapters.service.server import recorded_settings, secrets_of
+    from adapters.service.store import StoreError
 
     try:
         config = load(args.config)
@@ -134,8 +137,11 @@ def record_command(args: argparse.Namespace) -> int:
     pbx = config.pbx[0] if args.pbx is None else config.pbx_named(args.pbx)
     if pbx is None:
         return _fail(f"no PBX named {args.pbx!r} in {args.config} ({', '.join(names)})")
-    if pbx.kind != "yeastar":
-        return _fail(f"config error in {args.config}: [pbx].kind: record supports 'yeastar' only")
+    if pbx.kind == "webex" and pbx.events != "poll":
+        return _fail(
+            f"config error in {args.config}: [pbx].events: 'poll' for `xferd record` (it serves no webhook "
+            "listener; to record webhook deliveries, set [record] path in the service's config)"
+        )
     logs.redactor.add(secrets_of(config))
     logs.configure("console", logging.WARNING)
     out = Path(args.out)
@@ -147,38 +153,51 @@ def record_command(args: argparse.Namespace) -> int:
             policy=config.policy_of(pbx).engine_policy(),
             secrets=secrets_of(config),
             description=f"recorded by xferd record from {pbx.base_url}",
+            pbx=recorded_settings(pbx),
         )
     except OSError as exc:
         return _fail(f"cannot write {out}: {exc.strerror or exc}")
     sys.stderr.write(f"xferd: recording {pbx.base_url} to {out}; Ctrl-C to stop\n")
     try:
-        asyncio.run(_record_until_signalled(pbx, recorder))
+        asyncio.run(_record_until_signalled(pbx, recorder, config.store.path))
     except FatalPbxError as exc:
         return _fail(f"PBX: {exc}", 1)
+    except StoreError as exc:
+        return _fail(str(exc), 1)
     finally:
         recorder.close()
     sys.stderr.write(f"xferd: {recorder.lines} lines written to {out}\n")
     return 0
 
 
-async def _record_until_signalled(pbx: PbxTable, recorder: Recorder) -> None:
+async def _record_until_signalled(pbx: PbxTable, recorder: Recorder, store_path: Path) -> None:
+    from adapters.service.server import CREDENTIAL_KIND
+    from adapters.service.store import SqliteStore, StoredCredentials
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await record(pbx, recorder, stop)
+    store = SqliteStore(store_path)  # a Webex integration's refresh token lives there
+    try:
+        await record(pbx, recorder, stop, StoredCredentials(store, pbx.name, CREDENTIAL_KIND[pbx.kind]))
+    finally:
+        store.close()
 
 
-async def record(pbx: PbxTable, recorder: Recorder, stop: asyncio.Event) -> None:
+async def record(
+    pbx: PbxTable, recorder: Recorder, stop: asyncio.Event, credentials: CredentialStore | None = None
+) -> None:
     """Connect to the PBX ``pbx`` and record until ``stop`` is set.
 
     No engine runs: the recording holds frames, the adapter's requests (log
     in, ``call/query``) and the reconciliation snapshots it delivered after
     each (re)connect — the inputs a replay needs to rebuild the calls.
+    ``credentials``: where the PBX connection keeps its renewing credentials.
     """
     from adapters.service.server import build_adapter
 
-    adapter = build_adapter(pbx, recorder)
+    adapter = build_adapter(pbx, recorder, credentials)
 
     def sink(event: Event) -> None:
         if isinstance(event, CallsSnapshot):

@@ -7,6 +7,7 @@ plus what a human expects of it:
 ``meta``       first line: name, platform, policy, start epoch, xferd version
 ``frame``      a raw PBX frame as received (``text``), or the same frame shown
                as JSON (``json``) when it re-encodes to exactly those bytes
+               (Webex: a signed webhook delivery's body)
 ``control``    an API request: ``start`` a transfer, or an operator op
 ``request``    a PBX HTTP request the service made, with its answer
 ``snapshot``   a reconciliation snapshot (``call/query``) the engine was fed
@@ -68,7 +69,9 @@ class Meta(_Line):
     name: str | None = None
     description: str = ""
     #: Replay parses frames and classifies requests the way this platform's adapter does.
-    platform: Literal["yeastar"]
+    platform: Literal["yeastar", "webex"]
+    #: Platform settings replay needs besides the policy (Webex: ``events``, ``user_number``).
+    pbx: dict[str, Any] = Field(default_factory=dict)
     #: The service's ``[policy]`` (engine defaults); absent keys take the engine's defaults.
     policy: dict[str, Any] = Field(default_factory=dict)
     start: float
@@ -155,6 +158,10 @@ class RequestLine(_Line):
     #: ``ok`` / ``refused`` (non-zero errcode) / ``unknown`` (may have acted) / ``error`` (never reached)
     result: Literal["ok", "refused", "unknown", "error"]
     seconds: float | None = None
+    #: the HTTP status, where the platform's errors are HTTP statuses (Webex)
+    status: int | None = None
+    #: a throttled answer's ``Retry-After``, in seconds (Webex)
+    retry_after: float | None = None
 
 
 class MemberModel(_Line):

@@ -1,11 +1,14 @@
-"""Record a scenario live: the real service runtime against the PBX simulator.
+"""Record a scenario live: the real service runtime against a PBX simulator.
 
-This is how the scenario library is made (``scenarios/generate.py``) and how
-the tests check that a live run replays to the same decisions.  Nothing here
-is a mock: the Yeastar adapter talks HTTP and WebSocket to the simulator on
-loopback, the :class:`~adapters.replay.recorder.RecordingRuntime` feeds the
-engine and records exactly what a production service with recording switched
-on would record.
+This is how the scenario library is made (``scenarios/generate.py``,
+``scenarios/generate_webex.py``) and how the tests check that a live run
+replays to the same decisions.  Nothing here is a mock: the Yeastar adapter
+talks HTTP and WebSocket to its simulator on loopback (:class:`LiveRecording`),
+the Webex adapter talks HTTP to the Webex simulator and receives its signed
+webhooks on a loopback listener (:class:`WebexLiveRecording`), and the
+:class:`~adapters.replay.recorder.RecordingRuntime` feeds the engine and
+records exactly what a production service with recording switched on would
+record.
 
 A script drives the world through :attr:`LiveRecording.sim` (place calls,
 hang up, answer) and the service through :meth:`LiveRecording.start` /
@@ -22,13 +25,16 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal, Self
 
-from adapters.base import EventSink
+from adapters.base import EventSink, Observer, PbxAdapter
 from adapters.replay.format import ExpectLine, FinalExpect, RequestPattern, dump_line
 from adapters.replay.recorder import Recorder, RecordingRuntime
 from adapters.service.metrics import Metrics
 from adapters.service.store import SqliteStore
+from adapters.webex.adapter import WebexAdapter
+from adapters.webex.oauth import integration
+from adapters.webex.simulator import SimVariant, WebexSimulator, WebhookReceiver
 from adapters.yeastar.adapter import YeastarAdapter
 from adapters.yeastar.simulator import PbxSimulator, SimConfig
 from engine.engine import Engine
@@ -49,10 +55,10 @@ FINAL = ("completed", "aborted")
 
 
 class _Staged:
-    """The Yeastar adapter with a stage hand: hooks that change the world right
+    """A platform adapter with a stage hand: hooks that change the world right
     before a request of a given action is sent, and a list of what was sent."""
 
-    def __init__(self, inner: YeastarAdapter) -> None:
+    def __init__(self, inner: PbxAdapter) -> None:
         self.inner = inner
         self.platform = inner.platform
         self.capabilities = inner.capabilities
@@ -84,57 +90,59 @@ class _Staged:
         await self.inner.close()
 
 
-class LiveRecording:
-    """An async context: simulator + service runtime, recording to ``out``."""
+class _Live:
+    """What recording live needs whatever the platform: a store, the recorder,
+    the recording runtime around the platform's adapter, and the driving."""
 
-    def __init__(
-        self,
-        out: Path,
-        *,
-        name: str,
-        description: str,
-        policy: Policy,
-        sim: SimConfig | None = None,
-        extensions: Iterable[str] = ("2000", "2005", "2008"),
-        request_timeout_s: float = 5.0,
-    ) -> None:
+    platform = ""
+
+    def __init__(self, out: Path, *, name: str, description: str, policy: Policy) -> None:
         self.out = out
         self.name = name
         self.description = description
         self.policy = policy
-        self.sim = PbxSimulator(sim)
-        self.extensions = tuple(extensions)
-        self.request_timeout_s = request_timeout_s
         self.transfers: list[str] = []
 
-    async def __aenter__(self) -> LiveRecording:
-        await self.sim.start()
-        for number in self.extensions:
-            self.sim.add_extension(number)
+    # -- what each platform provides --------------------------------------------------
+    async def _start_pbx(self) -> None:
+        raise NotImplementedError
+
+    async def _stop_pbx(self) -> None:
+        raise NotImplementedError
+
+    def _adapter(self, observer: Observer) -> PbxAdapter:
+        raise NotImplementedError
+
+    def _secrets(self) -> list[str]:
+        return []
+
+    def _settings(self) -> dict[str, Any]:
+        return {}
+
+    async def _ready(self) -> None:
+        """Wait until the adapter is connected (and anything else the platform needs)."""
+        await self.until(lambda: self.adapter.connected)
+
+    # -- the context ---------------------------------------------------------------------
+    async def __aenter__(self) -> Self:
+        await self._start_pbx()
         self._tmp = tempfile.TemporaryDirectory(prefix="xferd-live-")
         self.store = SqliteStore(Path(self._tmp.name) / "xferd.sqlite3")
-        config = self.sim.config
         self.recorder = Recorder.open(
             self.out,
             name=self.name,
-            platform="yeastar",
+            platform=self.platform,
             policy=self.policy,
-            secrets=[config.client_secret],
+            secrets=self._secrets(),
             description=self.description,
+            pbx=self._settings(),
         )
-        adapter = YeastarAdapter(
-            self.sim.base_url,
-            config.client_id,
-            config.client_secret,
-            observer=self.recorder,
-            request_timeout_s=self.request_timeout_s,
-        )
-        self.adapter = _Staged(adapter)
+        self.adapter = _Staged(self._adapter(self.recorder))
         self.runtime = RecordingRuntime(
             Engine(self.policy), self.adapter, self.store, Metrics(), recorder=self.recorder
         )
         await self.runtime.start()
-        await self.until(lambda: adapter.connected)
+        await self._ready()
         return self
 
     async def __aexit__(
@@ -144,7 +152,7 @@ class LiveRecording:
             await self.runtime.close()
         finally:
             self.recorder.close()
-            await self.sim.stop()
+            await self._stop_pbx()
             self.store.close()
             self._tmp.cleanup()
 
@@ -154,13 +162,6 @@ class LiveRecording:
         async with asyncio.timeout(within_s):
             while not predicate():  # noqa: ASYNC110 - polling state of several parties
                 await asyncio.sleep(0.002)
-
-    async def call(self, caller: str, callee: str, *, inbound_trunk: str | None = None) -> str:
-        """Place an answered call and wait until the service tracks both parties talking."""
-        call_id = self.sim.place_call(caller, callee, inbound_trunk=inbound_trunk)
-        legs = [self.sim.channel_of(caller), self.sim.channel_of(callee)]
-        await self.until(lambda: all(self.leg_status(leg) in TALKING_STATUSES for leg in legs))
-        return call_id
 
     def leg_status(self, channel_id: str) -> str | None:
         """The status the service's engine holds for a leg (None: not tracked)."""
@@ -232,6 +233,139 @@ class LiveRecording:
         """(state, reason) of every transfer the engine accepted."""
         found = {tid: self.runtime.transfer(tid) for tid in self.transfers}
         return {tid: (str(r["state"]), r["reason"]) for tid, r in found.items() if r is not None}
+
+
+class LiveRecording(_Live):
+    """Yeastar: the PBX simulator (``sim``) with extensions, recording to ``out``."""
+
+    platform = "yeastar"
+
+    def __init__(
+        self,
+        out: Path,
+        *,
+        name: str,
+        description: str,
+        policy: Policy,
+        sim: SimConfig | None = None,
+        extensions: Iterable[str] = ("2000", "2005", "2008"),
+        request_timeout_s: float = 5.0,
+    ) -> None:
+        super().__init__(out, name=name, description=description, policy=policy)
+        self.sim = PbxSimulator(sim)
+        self.extensions = tuple(extensions)
+        self.request_timeout_s = request_timeout_s
+
+    async def _start_pbx(self) -> None:
+        await self.sim.start()
+        for number in self.extensions:
+            self.sim.add_extension(number)
+
+    async def _stop_pbx(self) -> None:
+        await self.sim.stop()
+
+    def _secrets(self) -> list[str]:
+        return [self.sim.config.client_secret]
+
+    def _adapter(self, observer: Observer) -> PbxAdapter:
+        config = self.sim.config
+        return YeastarAdapter(
+            self.sim.base_url,
+            config.client_id,
+            config.client_secret,
+            observer=observer,
+            request_timeout_s=self.request_timeout_s,
+        )
+
+    async def call(self, caller: str, callee: str, *, inbound_trunk: str | None = None) -> str:
+        """Place an answered call and wait until the service tracks both parties talking."""
+        call_id = self.sim.place_call(caller, callee, inbound_trunk=inbound_trunk)
+        legs = [self.sim.channel_of(caller), self.sim.channel_of(callee)]
+        await self.until(lambda: all(self.leg_status(leg) in TALKING_STATUSES for leg in legs))
+        return call_id
+
+
+class WebexLiveRecording(_Live):
+    """Webex: the Webex simulator (``sim``, playing ``variant``) for its one
+    user, events by webhook (registered at start, to a loopback listener) or
+    by polling, recording to ``out``."""
+
+    platform = "webex"
+
+    def __init__(
+        self,
+        out: Path,
+        *,
+        name: str,
+        description: str,
+        policy: Policy,
+        variant: SimVariant | None = None,
+        events: Literal["webhook", "poll"] = "webhook",
+        poll_interval_s: float = 0.05,
+        request_timeout_s: float = 5.0,
+        oauth: bool = False,
+        setup: Callable[[WebexSimulator], object] | None = None,
+    ) -> None:
+        """``oauth``: authenticate as an integration (renewing tokens) instead of
+        with the simulator's static token; ``setup``: change the simulated world
+        before the service starts (so its start-up listing sees it)."""
+        super().__init__(out, name=name, description=description, policy=policy)
+        self.sim = WebexSimulator(variant=variant)
+        self.oauth = oauth
+        self.setup = setup
+        self.events = events
+        self.poll_interval_s = poll_interval_s
+        self.request_timeout_s = request_timeout_s
+        self._listener = WebhookReceiver()
+
+    async def _start_pbx(self) -> None:
+        await self.sim.start()
+        await self._listener.start()
+        if self.setup is not None:
+            self.setup(self.sim)
+
+    async def _stop_pbx(self) -> None:
+        await self._listener.stop()
+        await self.sim.stop()
+
+    def _secrets(self) -> list[str]:
+        return [self.sim.access_token, self.sim.webhook_secret, self.sim.client_secret]
+
+    def _settings(self) -> dict[str, Any]:
+        return {"events": self.events, "user_number": self.sim.user_number}
+
+    def _adapter(self, observer: Observer) -> PbxAdapter:
+        sim = self.sim
+        oauth = None
+        if self.oauth:
+            refresh_token = sim.issue_refresh_token()
+            oauth = integration(sim.base_url, sim.client_id, sim.client_secret, refresh_token, None, observer)
+        adapter = WebexAdapter(
+            sim.base_url,
+            access_token=None if oauth else sim.access_token,
+            oauth=oauth,
+            webhook_secret=self.sim.webhook_secret,
+            events=self.events,
+            public_url=self._listener.public_url if self.events == "webhook" else None,
+            poll_interval_s=self.poll_interval_s,
+            user_number=self.sim.user_number,
+            observer=observer,
+            request_timeout_s=self.request_timeout_s,
+        )
+        self._listener.adapter = adapter
+        return adapter
+
+    async def _ready(self) -> None:
+        await super()._ready()
+        if self.events == "webhook":
+            await self.until(lambda: bool(self.sim.webhooks))
+
+    async def call(self, caller: str) -> str:
+        """``caller`` calls the user, who answers; returns the callId once the
+        service tracks the user's leg of it talking."""
+        call_id = self.sim.incoming_call(caller)
+        await self.until(lambda: self.leg_status(call_id) in TALKING_STATUSES)
+        return call_id
 
 
 def expectations(

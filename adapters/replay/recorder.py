@@ -1,9 +1,11 @@
 """Recording what the service sees and does, as a replayable scenario.
 
 A :class:`Recorder` is an :class:`~adapters.base.Observer`: the PBX adapter
-hands it every raw frame and every HTTP exchange (already redacted by the
-adapter), and :class:`RecordingRuntime` hands it the two inputs that do not
-come from the adapter's observer hooks — API requests (``control``) and
+hands it every raw frame (Webex: every webhook delivery whose signature it
+checked) and every HTTP exchange (already redacted by the adapter; Webex:
+call control, polls and token renewals, with their HTTP status), and
+:class:`RecordingRuntime` hands it the two inputs that do not come from the
+adapter's observer hooks — API requests (``control``) and
 reconciliation snapshots (``snapshot``).  Each becomes one JSONL line
 (:mod:`adapters.replay.format`), flushed at once so that a crash loses at
 most the line being written: a production incident is a scenario the moment
@@ -99,8 +101,7 @@ class Recorder(Observer):
 
     The ``meta`` line is written at construction; :meth:`close` writes the
     ``end`` line.  Offsets are seconds since construction, to the millisecond.
-    Only Yeastar is supported: replay reproduces its frame parser, not yet
-    the Webex adapter's stateful one (ValueError for another platform).
+    ``pbx``: the platform settings a replay needs (``meta.pbx``).
     """
 
     def __init__(
@@ -113,9 +114,10 @@ class Recorder(Observer):
         secrets: Iterable[str] = (),
         description: str = "",
         clock: Clock = time.time,
+        pbx: dict[str, Any] | None = None,
     ) -> None:
-        if platform != "yeastar":
-            raise ValueError(f"recording supports the yeastar platform only, not {platform!r}")
+        if platform not in ("yeastar", "webex"):
+            raise ValueError(f"recording supports the yeastar and webex platforms, not {platform!r}")
         self._out: TextIO | None = out
         self._clock = clock
         self._redact = Redactor(secrets)
@@ -128,6 +130,7 @@ class Recorder(Observer):
                 "name": name,
                 "description": description,
                 "platform": platform,
+                "pbx": pbx or {},
                 "policy": policy.as_dict(),
                 "start": self.start,
                 "xferd": xferd_version(),
@@ -150,7 +153,15 @@ class Recorder(Observer):
         self._write(frame_line(self._offset(at), self._redact.text(text)))
 
     def pbx_request(
-        self, endpoint: str, body: dict[str, Any], answer: dict[str, Any] | None, result: str, seconds: float
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        answer: dict[str, Any] | None,
+        result: str,
+        seconds: float,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self._write(
             RequestLine(
@@ -161,6 +172,8 @@ class Recorder(Observer):
                 answer=None if answer is None else self._redact.value(answer),
                 result=_RESULTS.get(result, "error"),
                 seconds=round(seconds, 3),
+                status=status,
+                retry_after=retry_after,
             )
         )
 
@@ -280,10 +293,24 @@ class Tee(Observer):
             observer.raw_frame(text, at)
 
     def pbx_request(
-        self, endpoint: str, body: dict[str, Any], answer: dict[str, Any] | None, result: str, seconds: float
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        answer: dict[str, Any] | None,
+        result: str,
+        seconds: float,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         for observer in self._observers:
-            observer.pbx_request(endpoint, body, answer, result, seconds)
+            observer.pbx_request(
+                endpoint, body, answer, result, seconds, status=status, retry_after=retry_after
+            )
+
+    def unmapped_state(self, state: str, personality: str) -> None:
+        for observer in self._observers:
+            observer.unmapped_state(state, personality)
 
     def reconnect(self) -> None:
         for observer in self._observers:

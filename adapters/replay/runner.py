@@ -8,7 +8,8 @@ same order, stamped with the recorded times:
 * ``frame`` lines go through the platform's own parser
   (:func:`adapters.yeastar.frames.parse_frame`), so a bad frame is counted
   and skipped just as live (a frame stored decoded skips only the encoding
-  and decoding round trip: see :func:`parse_recorded`);
+  and decoding round trip: see :func:`parse_recorded`); Webex deliveries go
+  through the Webex adapter itself (:mod:`adapters.replay.webex`);
 * ``control`` lines become :class:`~engine.model.TransferRequested` /
   :class:`~engine.model.OperatorRequested` with the recorded transfer ids;
 * ``snapshot`` lines become :class:`~engine.model.CallsSnapshot`;
@@ -19,7 +20,13 @@ same order, stamped with the recorded times:
   the recording.  Requests are matched by what the PBX saw — action, channel
   and, for ``start``/``blind``, number — in order, because the PBX never sees
   transfer ids.  The answer is fed at the time it was recorded, so it
-  interleaves with frames exactly as it did live.
+  interleaves with frames exactly as it did live.  (Webex: the adapter's own
+  code turns the request into its REST calls, each answered from the
+  recording.)
+
+What differs per platform — reading frames, answering requests, which
+recorded answers were never asked for — sits behind :class:`Pbx`:
+:class:`_YeastarPbx` here, :class:`adapters.replay.webex.WebexPbx` there.
 
 Nothing waits on a real clock, so an hour of recorded time replays in
 milliseconds.  The timeline (who told whom what, for ``--timeline`` and
@@ -41,8 +48,9 @@ import itertools
 import json
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from adapters.replay.format import (
     AskLine,
@@ -301,13 +309,19 @@ def _members(members: Iterable[Member]) -> str:
     return ", ".join(f"{m.number or '?'} {m.status} ({m.channel_id})" for m in members) or "no members"
 
 
-def _event_text(event: Event) -> str:
+#: The Yeastar event that tells each kind of change, as the timeline names it.
+_YEASTAR_CODES: dict[type, str] = {CallUpdated: "30011 ", CallEnded: "30012 ", CallFailed: "30015 "}
+
+
+def event_text(event: Event, codes: dict[type, str] = _YEASTAR_CODES) -> str:
+    """An engine event as a timeline row; ``codes``: the platform's name for each kind."""
+    code = codes.get(type(event), "")
     if isinstance(event, CallUpdated):
-        return f"30011 call {event.call_id}: {_members(event.members)}"
+        return f"{code}call {event.call_id}: {_members(event.members)}"
     if isinstance(event, CallEnded):
-        return f"30012 call {event.call_id} ended"
+        return f"{code}call {event.call_id} ended"
     if isinstance(event, CallFailed):
-        return f"30015 call {event.call_id} failed: {event.reason or 'no reason'}"
+        return f"{code}call {event.call_id} failed: {event.reason or 'no reason'}"
     return type(event).__name__
 
 
@@ -316,6 +330,91 @@ _FRAME_KINDS = {
     "ack": "topic_list acknowledged",
     "token_expired": "errcode 10004: token expired",
 }
+
+
+# ----------------------------------------------------------------------------------
+# what differs per platform
+# ----------------------------------------------------------------------------------
+
+
+class Pbx(Protocol):
+    """A platform's part of a replay (see the module docstring)."""
+
+    def frame(self, line: FrameLine, at: float) -> None:
+        """A recorded frame, at virtual time ``at``: count it, queue its events."""
+
+    def request_line(self, index: int, line: RequestLine, at: float) -> None:
+        """The replay reached recorded request line ``index``."""
+
+    def made(self, request: PbxRequest) -> None:
+        """The engine made ``request``: answer it from the recording (now or later)."""
+
+    def settle(self) -> bool:
+        """Run what :meth:`made` deferred; True if anything ran (more may be due)."""
+
+    def leftovers(self) -> list[str]:
+        """Recorded answers to requests the replay never made (divergences)."""
+
+
+class _YeastarPbx:
+    """Yeastar: stateless frames, one recorded ``call/transfer`` answer per engine request."""
+
+    def __init__(self, host: _Replay) -> None:
+        self.host = host
+        self.answers = _answers(host.scenario.inputs)
+        self.bound: dict[int, PbxRequest] = {}  # recorded answer line → the request it answers
+
+    def frame(self, line: FrameLine, at: float) -> None:
+        host = self.host
+        parsed = parse_recorded(line, at)
+        host.report.frames += 1
+        if parsed.kind == "bad":
+            host.report.bad_frames += 1
+            if host.notes:
+                host.note(at, "PBX", "xferd", f"bad frame skipped ({parsed.bad}): {line.raw()[:60]}")
+            return
+        if not parsed.events:
+            if host.notes:
+                text = _FRAME_KINDS.get(parsed.kind)
+                if text is None:
+                    kind = parsed.kind
+                    text = f"errcode {parsed.errcode}" if kind == "error" else f"{kind} (ignored)"
+                host.note(at, "PBX", "xferd", text)
+            return
+        for event in parsed.events:
+            if host.notes:
+                skipped = f" [a member skipped: {parsed.bad}]" if parsed.bad else ""
+                host.note(at, "PBX", "xferd", event_text(event) + skipped)
+            host.feed(event)
+
+    def request_line(self, index: int, line: RequestLine, at: float) -> None:
+        request = self.bound.pop(index, None)
+        if request is not None:
+            self.host.answered(request, finished(line, request, at))
+        elif self.host.notes and recorded_key(line) is None:
+            self.host.note(at, "xferd", "PBX", _recorded_text(line))
+        # else: an answer no request has claimed yet; a later request may claim it
+
+    def made(self, request: PbxRequest) -> None:
+        host = self.host
+        queue = self.answers.get(request_key(request))
+        if not queue:
+            host.diverged(f"the replay made {describe(request)}, which the recording does not have")
+            host.soon.append(RequestFinished(host.now, request.transfer_id, request.request_id, "ok"))
+            return
+        index = queue.popleft()
+        if index < host.index:  # its answer was recorded before the replay asked: answer now
+            line = host.scenario.inputs[index]
+            assert isinstance(line, RequestLine)
+            host.answered(request, finished(line, request, host.now))
+        else:
+            self.bound[index] = request
+
+    def settle(self) -> bool:
+        return False
+
+    def leftovers(self) -> list[str]:
+        return unclaimed(self.host.scenario.inputs, self.answers.values(), _recorded_text)
 
 
 # ----------------------------------------------------------------------------------
@@ -333,7 +432,7 @@ class _Replay:
         dry_run: bool = False,
     ) -> None:
         self.scenario = scenario
-        #: write the timeline (``_note``); every note's text is built only when this is set
+        #: write the timeline (``note``); every note's text is built only when this is set
         self.notes = timeline
         self.start = scenario.meta.start
         self.engine = Engine(scenario.meta.engine_policy())
@@ -341,8 +440,6 @@ class _Replay:
         self.now = self.start  # the virtual clock: never goes back
         self.at = self.start  # the time stamped on the event being handled
         self.index = -1
-        self.answers = _answers(scenario.inputs)
-        self.bound: dict[int, PbxRequest] = {}  # recorded answer line → the request it answers
         self.timers: dict[tuple[str, str], float] = {}
         self.heap: list[tuple[float, int, str, str]] = []
         self.seq = itertools.count()
@@ -351,6 +448,13 @@ class _Replay:
         self.final: set[str] = set()
         self.divergences: list[str] = []
         self.invariants: list[str] = []
+        self.pbx: Pbx
+        if scenario.meta.platform == "webex":
+            from adapters.replay.webex import WebexPbx  # the Webex adapter, only when needed
+
+            self.pbx = WebexPbx(self)
+        else:
+            self.pbx = _YeastarPbx(self)
         self._rules_setup(rules if rules is not None else scenario.ruleset, dry_run)
 
     # -- driving -----------------------------------------------------------------
@@ -366,7 +470,8 @@ class _Replay:
             if at > self.now:
                 self.now = at
             if isinstance(line, FrameLine):
-                self._frame(line, at)
+                self.pbx.frame(line, at)
+                self.drain()
             elif isinstance(line, ControlLine):
                 self._control(line, at)
             elif isinstance(line, SnapshotLine):
@@ -374,43 +479,16 @@ class _Replay:
             elif isinstance(line, AskLine):
                 self._ask_line(index, line, at)
             else:
-                self._request_line(index, line, at)
+                self.pbx.request_line(index, line, at)
+                self.drain()
         end = self.scenario.end if self.scenario.end is not None else (inputs[-1].at if inputs else 0.0)
         self._fire_until(self.start + end)
-        for queue in self.answers.values():
-            for index in queue:
-                line = inputs[index]
-                assert isinstance(line, RequestLine)
-                self.divergences.append(
-                    f"+{line.at:.3f} s: the recording has {_recorded_text(line)}, which the replay never made"
-                )
+        self.divergences.extend(self.pbx.leftovers())
         report = self.report
         report.virtual_s = end
         report.wall_s = time.perf_counter() - started
         self._check()
         return report
-
-    def _frame(self, line: FrameLine, at: float) -> None:
-        parsed = parse_recorded(line, at)
-        self.report.frames += 1
-        if parsed.kind == "bad":
-            self.report.bad_frames += 1
-            if self.notes:
-                self._note(at, "PBX", "xferd", f"bad frame skipped ({parsed.bad}): {line.raw()[:60]}")
-            return
-        if not parsed.events:
-            if self.notes:
-                text = _FRAME_KINDS.get(parsed.kind)
-                if text is None:
-                    kind = parsed.kind
-                    text = f"errcode {parsed.errcode}" if kind == "error" else f"{kind} (ignored)"
-                self._note(at, "PBX", "xferd", text)
-            return
-        for event in parsed.events:
-            if self.notes:
-                skipped = f" [a member skipped: {parsed.bad}]" if parsed.bad else ""
-                self._note(at, "PBX", "xferd", _event_text(event) + skipped)
-            self._feed(event)
 
     def _control(self, line: ControlLine, at: float) -> None:
         event: TransferRequested | OperatorRequested
@@ -436,20 +514,20 @@ class _Replay:
         try:
             commands = self.engine.handle(event)
         except Rejected as exc:
-            self._note(at, "client", "xferd", f"{text} → rejected: {exc.code}")
+            self.note(at, "client", "xferd", f"{text} → rejected: {exc.code}")
             rejected: str | None = exc.code
         except Exception as exc:  # an engine bug: report it and go on, as the runtime does
             self.invariants.append(f"+{line.at:.3f} s: the engine raised {type(exc).__name__}: {exc}")
             return
         else:
-            self._note(at, "client", "xferd", text)
+            self.note(at, "client", "xferd", text)
             rejected = None
             self._apply(commands)
-            self._drain()
+            self.drain()
         if rejected != line.rejected:
             said = f"rejected ({line.rejected})" if line.rejected else "accepted"
             did = f"rejected it ({rejected})" if rejected else "accepted it"
-            self._diverged(f"{line.op} {line.transfer} was {said} in the recording; the replay {did}")
+            self.diverged(f"{line.op} {line.transfer} was {said} in the recording; the replay {did}")
 
     def _snapshot(self, line: SnapshotLine, at: float) -> None:
         calls = tuple(
@@ -461,46 +539,41 @@ class _Replay:
         )
         if self.notes:
             legs = sum(len(call.members) for call in calls)
-            self._note(at, "PBX", "xferd", f"call/query snapshot: {len(calls)} calls, {legs} legs")
-        self._feed(CallsSnapshot(at, calls))
+            self.note(at, "PBX", "xferd", f"call/query snapshot: {len(calls)} calls, {legs} legs")
+        self.feed(CallsSnapshot(at, calls))
 
-    def _request_line(self, index: int, line: RequestLine, at: float) -> None:
-        request = self.bound.pop(index, None)
-        if request is not None:
-            self._answer(line, request, at)
-            self._drain()
-        elif self.notes and recorded_key(line) is None:
-            self._note(at, "xferd", "PBX", _recorded_text(line))
-        # else: an answer no request has claimed yet; a later request may claim it
-
-    def _answer(self, line: RequestLine, request: PbxRequest, at: float) -> None:
-        result = finished(line, request, at)
+    def answered(self, request: PbxRequest, result: RequestFinished) -> None:
+        """The platform's answer to ``request``: fed after the current batch."""
         if self.notes:
             detail = f" (call_id {result.call_id})" if result.call_id else ""
             if result.outcome == "refused":
                 code = f" errcode {result.errcode}:" if result.errcode else ""
                 detail = f":{code} {result.errmsg}"
-            self._note(at, "PBX", "xferd", f"{result.outcome} for {_short(request)}{detail}")
+            self.note(result.at, "PBX", "xferd", f"{result.outcome} for {_short(request)}{detail}")
         self.soon.append(result)
 
     # -- the engine ---------------------------------------------------------------
-    def _feed(self, event: Event) -> None:
+    def feed(self, event: Event) -> None:
         self.soon.append(event)
-        self._drain()
+        self.drain()
 
-    def _drain(self) -> None:
-        while self.soon:
-            event = self.soon.popleft()
-            self.at = event.at
-            try:
-                commands = self.engine.handle(event)
-            except Exception as exc:  # an engine bug: report it, go on as the runtime does
-                self.invariants.append(
-                    f"+{self._offset(event.at):.3f} s: the engine raised {type(exc).__name__}: {exc}"
-                )
-                continue
-            if commands:  # most frames change no transfer
-                self._apply(commands)
+    def drain(self) -> None:
+        """Feed the engine what is due, and let the platform run what that started."""
+        while True:
+            while self.soon:
+                event = self.soon.popleft()
+                self.at = event.at
+                try:
+                    commands = self.engine.handle(event)
+                except Exception as exc:  # an engine bug: report it, go on as the runtime does
+                    self.invariants.append(
+                        f"+{self.offset(event.at):.3f} s: the engine raised {type(exc).__name__}: {exc}"
+                    )
+                    continue
+                if commands:  # most frames change no transfer
+                    self._apply(commands)
+            if not self.pbx.settle():
+                return
 
     def _apply(self, commands: list[Command]) -> None:
         finished_now: list[str] = []
@@ -515,7 +588,7 @@ class _Replay:
             elif isinstance(command, CancelTimer):
                 self.timers.pop((command.transfer_id, command.timer), None)
             elif isinstance(command, QueryCalls):
-                self._note(self.at, "xferd", None, f"{command.transfer_id}: reconcile ({command.reason})")
+                self.note(self.at, "xferd", None, f"{command.transfer_id}: reconcile ({command.reason})")
             elif isinstance(command, TransferChanged):
                 self._changed(command)
                 if command.final:
@@ -532,25 +605,14 @@ class _Replay:
 
     def _made(self, request: PbxRequest) -> None:
         at = self.at
-        self.report.made.append(Made(self._offset(at), request))
+        self.report.made.append(Made(self.offset(at), request))
         if self.notes:
-            self._note(at, "xferd", "PBX", describe(request))
+            self.note(at, "xferd", "PBX", describe(request))
         if request.transfer_id in self.final:
             self.invariants.append(
-                f"+{self._offset(at):.3f} s: {_short(request)} was made after the transfer had ended"
+                f"+{self.offset(at):.3f} s: {_short(request)} was made after the transfer had ended"
             )
-        queue = self.answers.get(request_key(request))
-        if not queue:
-            self._diverged(f"the replay made {describe(request)}, which the recording does not have")
-            self.soon.append(RequestFinished(self.now, request.transfer_id, request.request_id, "ok"))
-            return
-        index = queue.popleft()
-        if index < self.index:  # its answer was recorded before the replay asked: answer now
-            line = self.scenario.inputs[index]
-            assert isinstance(line, RequestLine)
-            self._answer(line, request, self.now)
-        else:
-            self.bound[index] = request
+        self.pbx.made(request)
 
     def _changed(self, command: TransferChanged) -> None:
         resource = command.resource
@@ -559,7 +621,7 @@ class _Replay:
         if self.notes:
             for entry in history[self.history.get(transfer_id, 0) :]:
                 change = f"{entry['from']} → {entry['to']} ({entry['trigger']})"
-                self._note(self.at, "xferd", None, f"{transfer_id}: {change}")
+                self.note(self.at, "xferd", None, f"{transfer_id}: {change}")
         self.history[transfer_id] = len(history)
         self.report.states[transfer_id] = (str(resource.get("state")), resource.get("reason"))
         if command.final:
@@ -573,8 +635,8 @@ class _Replay:
             del self.timers[(transfer_id, tag)]
             self.now = max(self.now, due)
             if self.notes:
-                self._note(due, "xferd", None, f"{transfer_id}: {tag.split('#', 1)[0]} timer fired")
-            self._feed(TimerFired(due, transfer_id, tag))
+                self.note(due, "xferd", None, f"{transfer_id}: {tag.split('#', 1)[0]} timer fired")
+            self.feed(TimerFired(due, transfer_id, tag))
 
     # -- routing rules ----------------------------------------------------------------
     def _rules_setup(self, rules: RuleSet | None, dry_run: bool) -> None:
@@ -590,11 +652,11 @@ class _Replay:
                 self.asks[line.ask_id].append(index)
 
     def _rule_notice(self, notice: RuleNotice) -> None:
-        self.report.rules.append((self._offset(notice.at), notice))
+        self.report.rules.append((self.offset(notice.at), notice))
         if self.notes:
             detail = f": {notice.detail}" if notice.detail else ""
             mode = " (shadow)" if notice.mode == "shadow" and notice.outcome != "shadow" else ""
-            self._note(
+            self.note(
                 notice.at,
                 "xferd",
                 None,
@@ -603,11 +665,11 @@ class _Replay:
 
     def _asked(self, command: AskRule) -> None:
         if self.notes:
-            self._note(self.at, "xferd", "URL", f"ask {command.url} for rule {command.rule}")
+            self.note(self.at, "xferd", "URL", f"ask {command.url} for rule {command.rule}")
         queue = self.asks.get(command.ask_id)
         if not queue:
             if not self.dry_run:
-                self._diverged(
+                self.diverged(
                     f"rule {command.rule} asked {command.url}, which the recording has no answer to"
                 )
             return  # unanswered: the rule stays undecided (what ``rules test`` shows as "asked")
@@ -622,26 +684,26 @@ class _Replay:
     def _ask_line(self, index: int, line: AskLine, at: float) -> None:
         if self.asked.pop(index, None) is not None:
             self._ask_answer(line, at)
-            self._drain()
+            self.drain()
 
     def _ask_answer(self, line: AskLine, at: float) -> None:
         if self.notes:
             said = json.dumps(line.answer, separators=(",", ":")) if line.answer is not None else line.error
-            self._note(at, "URL", "xferd", f"answer for {line.ask_id}: {said}")
+            self.note(at, "URL", "xferd", f"answer for {line.ask_id}: {said}")
         self.soon.append(RuleAnswered(at, line.ask_id, line.answer, line.error))
 
     # -- bookkeeping ------------------------------------------------------------------
-    def _offset(self, at: float) -> float:
+    def offset(self, at: float) -> float:
         return round(at - self.start, 6)  # epoch + offset carries float noise; microseconds are plenty
 
-    def _note(self, at: float, source: str, dest: str | None, text: str) -> None:
+    def note(self, at: float, source: str, dest: str | None, text: str) -> None:
         """One timeline row; callers on a hot path check :attr:`notes` first, to skip the text too."""
         if self.notes:
-            self.report.timeline.append(Entry(self._offset(at), source, dest, text))
+            self.report.timeline.append(Entry(self.offset(at), source, dest, text))
 
-    def _diverged(self, text: str) -> None:
-        self.divergences.append(f"+{self._offset(self.at):.3f} s: {text}")
-        self._note(self.at, "xferd", None, f"DIVERGENCE: {text}")
+    def diverged(self, text: str) -> None:
+        self.divergences.append(f"+{self.offset(self.at):.3f} s: {text}")
+        self.note(self.at, "xferd", None, f"DIVERGENCE: {text}")
 
     # -- checking -------------------------------------------------------------------
     def _check(self) -> None:
@@ -695,8 +757,27 @@ def _recorded_text(line: RequestLine) -> str:
         action, channel, number = key
         what = f"{action} → {number}" if number else action
         return f"{what} ({channel}) answered {line.result}"
+    return request_text(line)
+
+
+def request_text(line: RequestLine) -> str:
+    """A recorded request as a person reads it: endpoint, plain body fields, result (and HTTP status)."""
     params = " ".join(f"{k}={v}" for k, v in line.body.items() if isinstance(v, str | int))
-    return f"{line.endpoint}{' ' + params if params else ''} → {line.result}"
+    status = f" {line.status}" if line.status else ""
+    return f"{line.endpoint}{' ' + params if params else ''} → {line.result}{status}"
+
+
+def unclaimed(
+    inputs: Sequence[Input], queues: Iterable[Iterable[int]], text: Callable[[RequestLine], str]
+) -> list[str]:
+    """A divergence per recorded answer left in ``queues`` (line indexes): the replay never made it."""
+    left = []
+    for queue in queues:
+        for index in queue:
+            line = inputs[index]
+            assert isinstance(line, RequestLine)
+            left.append(f"+{line.at:.3f} s: the recording has {text(line)}, which the replay never made")
+    return left
 
 
 def _state_text(state: str, reason: str | None) -> str:

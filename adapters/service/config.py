@@ -37,13 +37,21 @@ from engine.model import Policy
 #: ``XFERD_PBX_<NAME>_CLIENT_SECRET`` (see :func:`pbx_env_name`); the plain
 #: ``XFERD_PBX_*`` names apply when exactly one PBX is configured.
 SECRET_ENV: dict[str, tuple[str, str]] = {
+    "XFERD_PBX_CLIENT_ID": ("pbx", "client_id"),  # not a secret: it goes with the client secret
     "XFERD_PBX_CLIENT_SECRET": ("pbx", "client_secret"),
     "XFERD_PBX_ACCESS_TOKEN": ("pbx", "access_token"),
+    "XFERD_PBX_REFRESH_TOKEN": ("pbx", "refresh_token"),
     "XFERD_WEBHOOK_SECRET": ("pbx", "webhook_secret"),
     "XFERD_API_TOKEN": ("api", "token"),
 }
 #: The PBX keys that may come from the environment, per ``[[pbx]]`` entry.
-PBX_SECRET_KEYS: tuple[str, ...] = ("client_secret", "access_token", "webhook_secret")
+PBX_SECRET_KEYS: tuple[str, ...] = (
+    "client_id",
+    "client_secret",
+    "access_token",
+    "refresh_token",
+    "webhook_secret",
+)
 #: The name a single ``[pbx]`` table (no ``name`` key) gets.
 DEFAULT_PBX_NAME = "default"
 
@@ -138,8 +146,17 @@ class WebexPbx(_Table):
     """Overrides of the top-level `[policy]` for this PBX's transfers (`[pbx.policy]`)."""
     base_url: NonEmpty = "https://webexapis.com/v1"
     """The Webex API's base address."""
-    access_token: Secret
-    """An access token with scopes `spark:calls_read` and `spark:calls_write`."""
+    access_token: Secret | None = None
+    """A static access token with scopes `spark:calls_read` and `spark:calls_write` (a personal access
+    token lasts 12 hours: for a try-out). Give either this or the integration's `client_id`,
+    `client_secret` (and `refresh_token`, or let `xferd webex authorize` store one)."""
+    client_id: NonEmpty | None = None
+    """The Webex integration's Client ID: its tokens renew themselves (no restart after 12 hours)."""
+    client_secret: Secret | None = None
+    """The Webex integration's Client Secret."""
+    refresh_token: Secret | None = None
+    """An integration refresh token to start from; the latest one Webex returns is kept in the store
+    (and wins while it descends from this one). Optional once `xferd webex authorize` stored one."""
     webhook_secret: Secret
     """The secret webhook deliveries are signed with (`X-Spark-Signature`)."""
     events: Literal["webhook", "poll"] = "webhook"
@@ -167,6 +184,34 @@ class WebexPbx(_Table):
         if value < 0.1:
             raise ValueError("at least 0.1 seconds (Webex rate-limits the API)")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_authenticate(self) -> WebexPbx:
+        oauth = [
+            key for key in ("client_id", "client_secret", "refresh_token") if getattr(self, key) is not None
+        ]
+        if self.access_token is not None and oauth:
+            raise _KeyError(
+                ("pbx", "access_token"),
+                f"give either access_token or an integration's client_id/client_secret, not both "
+                f"(also set: {', '.join(oauth)})",
+            )
+        if self.client_id is None and oauth:
+            raise _KeyError(("pbx", "client_id"), f"required with {oauth[0]}")
+        if self.access_token is None and self.client_id is None:
+            raise _KeyError(
+                ("pbx", "access_token"), "required (or an integration's client_id and client_secret)"
+            )
+        if self.client_id is not None and self.client_secret is None:
+            raise _KeyError(
+                ("pbx", "client_secret"), "required with client_id (or env XFERD_PBX_CLIENT_SECRET)"
+            )
+        return self
+
+    @property
+    def oauth(self) -> bool:
+        """Tokens from an integration (renewing) rather than a static access token."""
+        return self.client_id is not None
 
 
 class UserConfig(_Table):
@@ -287,11 +332,8 @@ class Config(_Table):
         for index, name in enumerate(names):
             if name in names[:index]:
                 raise _KeyError(("pbx", str(index), "name"), f"unique (two PBXs are named {name!r})")
-        if self.record.path is not None and (len(self.pbx) != 1 or self.pbx[0].kind != "yeastar"):
-            raise _KeyError(
-                ("record", "path"),
-                'only with one [pbx] of kind = "yeastar" (Webex runs cannot be replayed yet)',
-            )
+        if self.record.path is not None and len(self.pbx) != 1:
+            raise _KeyError(("record", "path"), "only with one [pbx] (a recording holds one PBX's events)")
         if self.api.token is None and not self.api.users and not is_loopback(self.api.host):
             raise _KeyError(("api", "token"), "required when [api].listen is not a loopback address")
         for index, pbx in enumerate(self.pbx):
@@ -423,7 +465,12 @@ def describe(exc: ValidationError, data: Mapping[str, Any] | None = None) -> str
     elif kind == "value_error":
         ctx_error = first.get("ctx", {}).get("error")
         if isinstance(ctx_error, _KeyError):
-            loc, expected = ctx_error.loc, ctx_error.expected
+            # A PBX table's own check names its key; keep which entry it is in.
+            inner = ctx_error.loc[:1] == ("pbx",) and not (
+                len(ctx_error.loc) > 1 and ctx_error.loc[1].isdigit()
+            )
+            entry = loc[1:2] if inner and len(loc) > 1 and loc[0] == "pbx" and loc[1].isdigit() else ()
+            loc, expected = (*ctx_error.loc[:1], *entry, *ctx_error.loc[1:]), ctx_error.expected
         else:
             expected = str(ctx_error) if ctx_error is not None else first["msg"]
     else:

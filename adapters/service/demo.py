@@ -57,9 +57,17 @@ class TimelineObserver(MetricsObserver):
         self.timeline = timeline
 
     def pbx_request(
-        self, endpoint: str, body: dict[str, Any], answer: dict[str, Any] | None, result: str, seconds: float
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        answer: dict[str, Any] | None,
+        result: str,
+        seconds: float,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
-        super().pbx_request(endpoint, body, answer, result, seconds)
+        super().pbx_request(endpoint, body, answer, result, seconds, status=status, retry_after=retry_after)
         shown = {k: v for k, v in body.items() if k in ("type", "channel_id", "number", "attended_operate")}
         args = " ".join(f"{k}={v}" for k, v in shown.items())
         self.timeline(

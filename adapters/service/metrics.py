@@ -52,6 +52,12 @@ class Metrics:
             "xferd_pbx_request_seconds", "PBX HTTP request duration", ["endpoint"],
             buckets=_REQUEST_BUCKETS, registry=r,
         )  # fmt: skip
+        self.unmapped_states = Counter(
+            "xferd_unmapped_states",
+            "Call states the platform reference does not name (legs kept as they were)",
+            ["state", "personality"],
+            registry=r,
+        )
         self.reconnects = Counter("xferd_reconnects", "PBX event link re-established", registry=r)
         self.connected = Gauge("xferd_pbx_connected", "1 while the PBX event link is up", registry=r)
         self.decision_latency = Histogram(
@@ -93,11 +99,22 @@ class MetricsObserver(Observer):
         getattr(log, level)("bad_frame", reason=reason, sample=sample[:200])
 
     def pbx_request(
-        self, endpoint: str, body: dict[str, Any], answer: dict[str, Any] | None, result: str, seconds: float
+        self,
+        endpoint: str,
+        body: dict[str, Any],
+        answer: dict[str, Any] | None,
+        result: str,
+        seconds: float,
+        *,
+        status: int | None = None,
+        retry_after: float | None = None,
     ) -> None:
         self.metrics.pbx_requests.labels(endpoint, result).inc()
         self.metrics.pbx_request_seconds.labels(endpoint).observe(seconds)
         log.info("pbx_request", endpoint=endpoint, body=body, answer=answer, result=result, seconds=seconds)
+
+    def unmapped_state(self, state: str, personality: str) -> None:
+        self.metrics.unmapped_states.labels(state, personality).inc()
 
     def reconnect(self) -> None:
         self.metrics.reconnects.inc()

@@ -13,20 +13,21 @@ import signal
 import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import uvicorn
 
-from adapters.base import Observer, PbxAdapter
+from adapters.base import CredentialStore, Observer, PbxAdapter
 from adapters.replay.recorder import Recorder, RecordingRuntime, Tee
 from adapters.service.api import create_app
-from adapters.service.config import Config, PbxTable
+from adapters.service.config import DEFAULT_PBX_NAME, Config, PbxTable
 from adapters.service.hub import Hub
 from adapters.service.logs import get_logger, redactor
 from adapters.service.metrics import Metrics, MetricsObserver
 from adapters.service.roles import User, Users
 from adapters.service.rules import RulesCollector, RulesError, RulesHolder
 from adapters.service.runtime import Runtime
-from adapters.service.store import SqliteStore
+from adapters.service.store import SqliteStore, StoredCredentials
 from engine.engine import Engine
 
 log = get_logger("xferd.service")
@@ -34,8 +35,14 @@ log = get_logger("xferd.service")
 REQUEST_TIMEOUT_S = 5.0
 
 
-def build_adapter(pbx: PbxTable, observer: Observer) -> PbxAdapter:
-    """The platform adapter a ``[pbx]`` table names (imported lazily: each pulls its own deps)."""
+def build_adapter(
+    pbx: PbxTable, observer: Observer, credentials: CredentialStore | None = None
+) -> PbxAdapter:
+    """The platform adapter a ``[pbx]`` table names (imported lazily: each pulls its own deps).
+
+    ``credentials``: where this PBX connection keeps credentials that change
+    while it runs (a Webex integration's refresh token).
+    """
     if pbx.kind == "yeastar":
         from adapters.yeastar.adapter import YeastarAdapter
 
@@ -50,13 +57,23 @@ def build_adapter(pbx: PbxTable, observer: Observer) -> PbxAdapter:
             request_timeout_s=REQUEST_TIMEOUT_S,
         )
     from adapters.webex.adapter import WebexAdapter
+    from adapters.webex.events import WEBHOOK_PATH
+    from adapters.webex.oauth import integration
 
+    oauth = None
+    if pbx.client_id is not None and pbx.client_secret is not None:
+        refresh_token = pbx.refresh_token.get_secret_value() if pbx.refresh_token else None
+        secret = pbx.client_secret.get_secret_value()
+        oauth = integration(pbx.base_url, pbx.client_id, secret, refresh_token, credentials, observer)
     return WebexAdapter(
         pbx.base_url,
-        access_token=pbx.access_token.get_secret_value(),
+        access_token=pbx.access_token.get_secret_value() if pbx.access_token else None,
+        oauth=oauth,
         webhook_secret=pbx.webhook_secret.get_secret_value(),
         events=pbx.events,
         public_url=pbx.public_url,
+        # One Webex PBX may use the plain path; a named one of several has its own.
+        webhook_path=WEBHOOK_PATH if pbx.name == DEFAULT_PBX_NAME else f"{WEBHOOK_PATH}/{pbx.name}",
         poll_interval_s=pbx.poll_interval_s,
         user_number=pbx.user_number,
         observer=observer,
@@ -68,8 +85,22 @@ def secrets_of(config: Config) -> list[str]:
     """Every secret value in ``config`` (for the log redactor)."""
     values = [config.api.token]
     for pbx in config.pbx:
-        values += [pbx.client_secret] if pbx.kind == "yeastar" else [pbx.access_token, pbx.webhook_secret]
+        if pbx.kind == "yeastar":
+            values += [pbx.client_secret]
+        else:
+            values += [pbx.access_token, pbx.webhook_secret, pbx.client_secret, pbx.refresh_token]
     return [value.get_secret_value() for value in values if value is not None]
+
+
+#: The ``credentials.kind`` each platform keeps in the store (``adapters.webex.oauth.CREDENTIAL_KIND``).
+CREDENTIAL_KIND = {"yeastar": "yeastar_tokens", "webex": "webex_oauth"}
+
+
+def recorded_settings(pbx: PbxTable) -> dict[str, Any]:
+    """The PBX settings a replay needs besides the policy (``meta.pbx`` of a recording)."""
+    if pbx.kind == "webex":
+        return {"events": pbx.events, "user_number": pbx.user_number}
+    return {}
 
 
 @dataclass
@@ -140,23 +171,25 @@ class Service:
     def _unit(self, pbx: PbxTable, adapter: PbxAdapter | None) -> Unit:
         config = self.config
         engine = Engine(config.policy_of(pbx).engine_policy())
+        credentials = StoredCredentials(self.store, pbx.name, CREDENTIAL_KIND[pbx.kind])
         runtime: Runtime
-        if config.record.path is not None:  # one Yeastar PBX (the config checks)
+        if config.record.path is not None:  # one PBX (the config checks)
             # Record this run as a scenario: frames and PBX requests through the
             # adapter's observer, API requests and snapshots through the runtime.
             self.recorder = Recorder.open(
                 config.record.path,
                 name=config.record.path.stem,
-                platform="yeastar",
+                platform=pbx.kind,
                 policy=config.policy_of(pbx).engine_policy(),
                 secrets=secrets_of(config),
+                pbx=recorded_settings(pbx),
             )
-            adapter = adapter or build_adapter(pbx, Tee(self.observer, self.recorder))
+            adapter = adapter or build_adapter(pbx, Tee(self.observer, self.recorder), credentials)
             runtime = RecordingRuntime(
                 engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub, recorder=self.recorder
             )
         else:
-            adapter = adapter or build_adapter(pbx, self.observer)
+            adapter = adapter or build_adapter(pbx, self.observer, credentials)
             runtime = Runtime(engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub)
         return Unit(pbx.name, pbx, adapter, runtime)
 

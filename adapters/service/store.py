@@ -19,11 +19,19 @@ row carries the name of the PBX it belongs to (``pbx``).
 
 Schema changes are numbered migrations (SQLite's ``user_version``), applied
 at open, so a store written by an earlier version is upgraded in place.
+
+The store also keeps credentials that change while the service runs (a Webex
+integration's latest refresh token): table ``credentials``, one JSON value
+per PBX connection and kind, handed to the adapter as a
+:class:`~adapters.base.CredentialStore` (:class:`StoredCredentials`).  So the
+file holds secrets: when the store creates it, it is readable by its owner
+only (mode 0600; SQLite gives its ``-wal``/``-shm`` files the same mode).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
@@ -70,6 +78,15 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_transfer ON audit (transfer_id)
     """,
+    """
+    CREATE TABLE credentials (
+        pbx      TEXT NOT NULL,
+        kind     TEXT NOT NULL,
+        value    TEXT NOT NULL,
+        updated  REAL NOT NULL,
+        PRIMARY KEY (pbx, kind)
+    )
+    """,
 )
 
 #: Columns of an audit entry, in table order (``seq`` aside).
@@ -111,6 +128,8 @@ class TransferStore(Protocol):
     async def idempotency_get(self, key: str) -> tuple[str, str] | None: ...
     async def idempotency_put(self, key: str, fingerprint: str, transfer_id: str) -> None: ...
     async def audit_append(self, entries: Sequence[Mapping[str, Any]]) -> None: ...
+    async def credentials_get(self, pbx: str, kind: str) -> dict[str, Any] | None: ...
+    async def credentials_put(self, pbx: str, kind: str, value: Mapping[str, Any]) -> None: ...
     async def audit_list(
         self, limit: int, *, transfer_id: str | None = None, actor: str | None = None
     ) -> list[dict[str, Any]]: ...
@@ -126,6 +145,10 @@ class SqliteStore:
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 1.0) -> None:
         self.path = Path(path)
+        try:
+            _create_private(self.path)
+        except OSError as exc:
+            raise StoreError(f"store {self.path}: cannot create: {exc.strerror or exc}") from None
         try:
             # isolation_level=None: we open transactions ourselves, one per write.
             self._db = sqlite3.connect(self.path, timeout=busy_timeout_s, isolation_level=None)
@@ -247,6 +270,22 @@ class SqliteStore:
         )
         return [dict(zip(("seq", *AUDIT_FIELDS), row, strict=True)) for row in rows]
 
+    async def credentials_get(self, pbx: str, kind: str) -> dict[str, Any] | None:
+        """The credential value of ``kind`` stored for ``pbx``, or None."""
+        rows = self._read("SELECT value FROM credentials WHERE pbx = ? AND kind = ?", (pbx, kind))
+        if not rows:
+            return None
+        value = json.loads(rows[0][0])
+        return value if isinstance(value, dict) else None
+
+    async def credentials_put(self, pbx: str, kind: str, value: Mapping[str, Any]) -> None:
+        """Replace the credential value of ``kind`` for ``pbx`` (fsynced, like a decision)."""
+        self._write(
+            "INSERT INTO credentials (pbx, kind, value, updated) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (pbx, kind) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+            (pbx, kind, json.dumps(dict(value), separators=(",", ":")), time.time()),
+        )
+
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close (a clean shutdown leaves one file)."""
         try:
@@ -289,3 +328,31 @@ def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
     if not used:
         return "", ()
     return " WHERE " + " AND ".join(f"{name} = ?" for name in used), tuple(used.values())
+
+
+def _create_private(path: Path) -> None:
+    """Create ``path`` empty with mode 0600 if it does not exist (it will hold secrets)."""
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+    os.chmod(path, 0o600)  # whatever the umask said
+
+
+class StoredCredentials:
+    """One PBX connection's credentials of one kind, as an :class:`~adapters.base.CredentialStore`.
+
+    A failed write raises :class:`StoreError`, which the caller decides about.
+    """
+
+    def __init__(self, store: TransferStore, pbx: str, kind: str) -> None:
+        self._store = store
+        self.pbx = pbx
+        self.kind = kind
+
+    async def load(self) -> dict[str, Any] | None:
+        return await self._store.credentials_get(self.pbx, self.kind)
+
+    async def save(self, value: dict[str, Any]) -> None:
+        await self._store.credentials_put(self.pbx, self.kind, value)

@@ -4,7 +4,8 @@ The runtime uses :class:`WebexAdapter` through :class:`adapters.base.PbxAdapter`
 plus :meth:`WebexAdapter.handle_webhook` for ``POST /v1/webhooks/webex``.
 """
 
-from adapters.webex.adapter import WEBHOOK_PATH, WebexAdapter
-from adapters.webex.simulator import LoopbackServer, WebexSimulator
+from adapters.webex.adapter import WebexAdapter
+from adapters.webex.events import WEBHOOK_PATH
+from adapters.webex.simulator import LoopbackServer, WebexSimulator, WebhookReceiver
 
-__all__ = ["WEBHOOK_PATH", "LoopbackServer", "WebexAdapter", "WebexSimulator"]
+__all__ = ["WEBHOOK_PATH", "LoopbackServer", "WebexAdapter", "WebexSimulator", "WebhookReceiver"]

@@ -34,7 +34,16 @@ first; timeout after sending or 5xx → ``unknown``; a request that never
 left → ``refused`` without errcode.  A 401 also takes the link down with
 detail ``token expired or invalid``.
 
-Events: see :mod:`adapters.webex.events` for the call → legs mapping.
+Tokens: a static ``access_token``, or an integration's renewing tokens
+(:mod:`adapters.webex.oauth`).  While the token source reports a problem (a
+refresh Webex refused, an expired token that cannot be renewed) the link is
+down with that sentence, whatever individual requests still manage; when a
+renewal works again the calls are re-read (a snapshot) and the link comes
+back — no restart.
+
+Events: see :mod:`adapters.webex.events` for the call → legs mapping.  A
+call state the reference does not name keeps the call's legs as they were;
+it is counted (``unmapped_state``) and logged once per call.
 Webhook deliveries are checked (``X-Spark-Signature`` before anything is
 parsed), then de-duplicated and ordered per callId: a delivery older than
 the last one applied for that call (``eventTimestamp``) is stale and
@@ -42,6 +51,15 @@ dropped — ``data.state`` is the whole truth, so the newer delivery already
 said everything; a delivery that changes no leg is a duplicate.  Both are
 counted, never applied.  In poll mode the same per-call logic runs on each
 ``GET /telephony/calls`` answer, and a call that vanished from it ended.
+
+What a replay needs (:mod:`adapters.replay.webex`): every input that changes
+this adapter's state arrives through :meth:`WebexAdapter.accept_delivery`
+(a signed delivery) or :meth:`WebexAdapter.listed` /
+:meth:`WebexAdapter.listing_failed` (a ``GET /telephony/calls`` taken as the
+event source: start-up and polls), and every request goes through the
+:class:`~adapters.webex.client.WebexClient`.  The ``GET /telephony/calls``
+made for other reasons carry their own endpoint labels (:data:`QUERY`,
+:data:`RECONCILE`), so a recording says which answer served what.
 """
 
 from __future__ import annotations
@@ -60,7 +78,17 @@ import structlog
 
 from adapters.base import Clock, EventSink, FatalPbxError, Observer
 from adapters.webex.client import WebexClient, WebexError
-from adapters.webex.events import WebexCall, call_ended, call_id_of, engine_legs, parse_calls, parse_delivery
+from adapters.webex.events import (
+    WEBHOOK_PATH,
+    WebexCall,
+    call_ended,
+    call_id_of,
+    call_legs,
+    engine_legs,
+    parse_calls,
+    parse_delivery,
+)
+from adapters.webex.oauth import OAuthTokens
 from engine.model import (
     CallsSnapshot,
     CallState,
@@ -75,23 +103,28 @@ from engine.model import (
 log = structlog.get_logger(__name__)
 
 DEFAULT_BASE_URL = "https://webexapis.com/v1"
-#: Where the control API receives deliveries (contract §3.7).
-WEBHOOK_PATH = "/v1/webhooks/webex"
 WEBHOOK_NAME = "xferd telephony_calls"
 TOKEN_REFUSED = "token expired or invalid"
 NO_THREEWAY = "Webex Calling has no three-way call control"
 CALLS = "/telephony/calls"
+#: Endpoint labels (metrics, recordings) of the other reasons to list the calls.
+QUERY = CALLS + " (query)"
+RECONCILE = CALLS + " (reconcile)"
 #: How many ended callIds are remembered to drop their late deliveries.
 _ENDED_MEMORY = 4096
 _BOOTSTRAP_MAX_DELAY_S = 30.0
+#: Longest state/personality label on the unmapped-states metric (Webex strings are open).
+_LABEL_MAX = 32
 
 
 @dataclass(slots=True)
 class _Tracked:
-    """What the adapter last applied for one live call."""
+    """What the adapter last applied for one live call: the legs it shows
+    (user's leg first) and the Webex state and personality last reported."""
 
     members: tuple[Member, ...]
     state: str
+    personality: str
     outgoing: bool
     answered: bool
     event_seconds: float | None
@@ -137,23 +170,39 @@ class WebexAdapter:
         self,
         base_url: str = DEFAULT_BASE_URL,
         *,
-        access_token: str,
+        access_token: str | None = None,
+        oauth: OAuthTokens | None = None,
+        client: WebexClient | None = None,
         webhook_secret: str | None,
         events: Literal["webhook", "poll"] = "webhook",
         public_url: str | None = None,
+        webhook_path: str = WEBHOOK_PATH,
         poll_interval_s: float = 2.0,
         user_number: str | None = None,
         observer: Observer | None = None,
         clock: Clock = time.time,
         request_timeout_s: float = 5.0,
+        logger: Any = None,
     ) -> None:
+        """Exactly one of ``access_token`` (static), ``oauth`` (an integration)
+        or ``client`` (a client of its own: a replay) says how requests go.
+        ``logger`` replaces this module's (a replay keeps quiet)."""
+        if sum(x is not None for x in (access_token, oauth, client)) != 1:
+            raise ValueError("give exactly one of access_token, oauth or client")
         self._observer = observer or Observer()
-        self._client = WebexClient(
-            base_url, access_token, timeout_s=request_timeout_s, observer=self._observer
-        )
+        self._log = logger if logger is not None else log
+        self._oauth = oauth
+        if client is None:
+            tokens = oauth if oauth is not None else access_token
+            assert tokens is not None
+            client = WebexClient(base_url, tokens, timeout_s=request_timeout_s, observer=self._observer)
+        self._client = client
+        if oauth is not None:
+            oauth.on_problem = self._token_problem
         self._webhook_secret = webhook_secret
         self._mode = events
         self._public_url = public_url
+        self._webhook_path = webhook_path  # where this PBX's deliveries go on the control API
         self._poll_interval_s = poll_interval_s
         # Webex call objects never carry the user's own number; without it the
         # user's legs carry "" (the contract resolves a Webex "extension" to
@@ -171,6 +220,10 @@ class WebexAdapter:
         # Calls we asked Webex to end: their end is not a failed attempt.
         self._ending: set[str] = set()
         self._consults: dict[str, _Consult] = {}
+        # Calls this adapter dialled (consultations): outgoing whatever they report.
+        self._dialled = _RecentIds(_ENDED_MEMORY)
+        # Calls whose unmapped state was logged (once per call; the metric counts each).
+        self._unmapped_logged = _RecentIds(_ENDED_MEMORY)
 
     # -- link ------------------------------------------------------------
 
@@ -186,7 +239,7 @@ class WebexAdapter:
         if (connected, detail) == (self._connected, self._detail):
             return
         self._connected, self._detail = connected, detail
-        log.info("webex_link", connected=connected, detail=detail)
+        self._log.info("webex_link", connected=connected, detail=detail)
         self._observer.link(connected, detail)
 
     def _link_up_detail(self) -> str:
@@ -204,19 +257,40 @@ class WebexAdapter:
         endpoint: str | None = None,
     ) -> dict[str, Any] | None:
         """Every API call goes through here so the link follows the answers:
-        any success means the token works, a 401 means it does not."""
+        any success means the token works, a 401 means it does not — unless
+        the token source reports a problem, which keeps the link down."""
         try:
             answer = await self._client.request(
                 method, path, body, retry_throttled=retry_throttled, endpoint=endpoint
             )
         except WebexError as error:
-            if error.status == 401:
+            problem = self._client.tokens.problem
+            if problem is not None:
+                self._set_link(False, problem)
+            elif error.status == 401:
                 self._set_link(False, TOKEN_REFUSED)
             raise
-        self._set_link(True, self._link_up_detail())
+        if self._client.tokens.problem is None:
+            self._set_link(True, self._link_up_detail())
         return answer
 
+    def _token_problem(self, problem: str | None) -> None:
+        """The integration's tokens went bad (``problem``) or recovered (None)."""
+        if problem is not None:
+            self._set_link(False, problem)
+            return
+        # Renewed: re-read the calls, which reconciles what changed meanwhile and
+        # brings the link back (in webhook mode nothing else would make a request).
+        self._synced = False
+        if self._sink is not None and self._mode == "webhook" and (self._task is None or self._task.done()):
+            self._task = asyncio.create_task(self._bootstrap_loop())
+
     # -- lifecycle -------------------------------------------------------
+
+    def attach(self, sink: EventSink) -> None:
+        """Deliver events to ``sink`` without starting: a replay feeds the
+        inputs itself (:meth:`accept_delivery`, :meth:`listed`)."""
+        self._sink = sink
 
     async def start(self, sink: EventSink) -> None:
         """Fetch the calls (a snapshot for the engine), register the webhook
@@ -225,12 +299,19 @@ class WebexAdapter:
         A refused token is fatal; an unreachable Webex is not: webhook mode
         retries the start-up steps in the background, poll mode just polls.
         """
-        self._sink = sink
         if self._mode == "webhook" and not self._webhook_secret:
-            log.warning("webex_webhook_secret_missing", effect="every webhook delivery will be refused")
+            self._log.warning("webex_webhook_secret_missing", effect="every webhook delivery will be refused")
+        if self._oauth is not None:
+            await self._oauth.start()
+        self._sink = sink
         try:
             done = await self._bootstrap()
         except WebexError as error:
+            if error.status == 401 and self._oauth is not None:
+                raise FatalPbxError(
+                    "Webex refused the integration's access token (HTTP 401): run `xferd webex authorize "
+                    "--config PATH` again (scopes spark:calls_read spark:calls_write)"
+                ) from None
             if error.status == 401:
                 raise FatalPbxError(
                     "Webex refused the access token (HTTP 401): set a valid pbx.access_token"
@@ -246,14 +327,13 @@ class WebexAdapter:
         :class:`WebexError` only for a 401."""
         try:
             if not self._synced:
-                payload = await self._request("GET", CALLS)
-                self._deliver_snapshot(payload)
+                self.listed(await self._request("GET", CALLS))
             if self._mode == "webhook" and self._public_url and self._webhook_id is None:
-                await self._register_webhook(self._public_url.rstrip("/") + WEBHOOK_PATH)
+                await self._register_webhook(self._public_url.rstrip("/") + self._webhook_path)
         except WebexError as error:
             if error.status == 401:
                 raise
-            log.warning("webex_start_incomplete", error=error.message, status=error.status)
+            self._log.warning("webex_start_incomplete", error=error.message, status=error.status)
             return False
         return True
 
@@ -271,7 +351,7 @@ class WebexAdapter:
         for hook in (listing or {}).get("items") or []:
             if isinstance(hook, dict) and hook.get("targetUrl") == target_url and hook.get("id"):
                 await self._request("DELETE", f"/webhooks/{hook['id']}", endpoint="/webhooks/{id}")
-                log.info("webex_stale_webhook_deleted", webhook_id=hook["id"])
+                self._log.info("webex_stale_webhook_deleted", webhook_id=hook["id"])
         body: dict[str, Any] = {
             "name": WEBHOOK_NAME,
             "targetUrl": target_url,
@@ -281,7 +361,7 @@ class WebexAdapter:
         if self._webhook_secret:
             body["secret"] = self._webhook_secret
         self._webhook_id = _text(await self._request("POST", "/webhooks", body), "id")
-        log.info("webex_webhook_registered", webhook_id=self._webhook_id, target_url=target_url)
+        self._log.info("webex_webhook_registered", webhook_id=self._webhook_id, target_url=target_url)
 
     async def close(self) -> None:
         """Stop polling, delete our webhook, close the HTTP client."""
@@ -294,9 +374,13 @@ class WebexAdapter:
             try:
                 await self._request("DELETE", f"/webhooks/{self._webhook_id}", endpoint="/webhooks/{id}")
             except WebexError as error:
-                log.warning("webex_webhook_delete_failed", webhook_id=self._webhook_id, error=error.message)
+                self._log.warning(
+                    "webex_webhook_delete_failed", webhook_id=self._webhook_id, error=error.message
+                )
             self._webhook_id = None
         await self._client.aclose()
+        if self._oauth is not None:
+            await self._oauth.close()
         self._set_link(False, "closed")
 
     # -- polling ---------------------------------------------------------
@@ -315,18 +399,29 @@ class WebexAdapter:
         try:
             payload = await self._request("GET", CALLS, retry_throttled=False)
         except WebexError as error:
-            if error.retry_after is not None:
-                return max(self._poll_interval_s, error.retry_after)
-            if error.status != 401:
-                self._set_link(False, f"Webex API unreachable: {error.message}")
-            self._synced = False
-            return self._poll_interval_s
-        if self._synced:
+            return self.listing_failed(error)
+        if not self._synced:
+            self._observer.reconnect()  # back after a loss
+        self.listed(payload)
+        return self._poll_interval_s
+
+    def listed(self, payload: dict[str, Any] | None) -> None:
+        """A ``GET /telephony/calls`` answer taken as the event source: after
+        a loss (or at start) a snapshot for the engine and a new baseline;
+        otherwise, in poll mode, the changes since the last poll."""
+        if self._synced and self._mode == "poll":
             self._apply_poll(payload)
         else:
-            # Back after a loss: what changed meanwhile is reconciled from a snapshot.
-            self._observer.reconnect()
+            # What changed meanwhile is reconciled from a snapshot.
             self._deliver_snapshot(payload)
+
+    def listing_failed(self, error: WebexError) -> float:
+        """A poll failed; returns the seconds to wait before the next."""
+        if error.retry_after is not None:
+            return max(self._poll_interval_s, error.retry_after)
+        if error.status != 401 and self._client.tokens.problem is None:
+            self._set_link(False, f"Webex API unreachable: {error.message}")
+        self._synced = False
         return self._poll_interval_s
 
     def _apply_poll(self, payload: dict[str, Any] | None) -> None:
@@ -343,10 +438,11 @@ class WebexAdapter:
 
     async def query_calls(self) -> CallsSnapshot | None:
         try:
-            payload = await self._request("GET", CALLS)
+            payload = await self._request("GET", CALLS, endpoint=QUERY)
         except WebexError:
             return None
-        return self._snapshot(self._parse_calls(payload), self._clock())
+        calls = self._parse_calls(payload)
+        return CallsSnapshot(at=self._clock(), calls=tuple(self._live_states(calls, baseline=False)))
 
     def _parse_calls(self, payload: dict[str, Any] | None) -> list[WebexCall]:
         calls, skipped = parse_calls(payload)
@@ -354,33 +450,34 @@ class WebexAdapter:
             self._observer.bad_frame("bad_call_data", "")
         return calls
 
-    def _snapshot(self, calls: list[WebexCall], at: float) -> CallsSnapshot:
+    def _live_states(self, calls: list[WebexCall], *, baseline: bool) -> list[CallState]:
+        """The engine's view of listed calls (a call with nothing dialled yet
+        shows no legs: not a call the engine can see).  ``baseline``: take
+        them as what is tracked — poll mode replaces the baseline (the next
+        poll diffs against it); webhook mode only adds calls it does not
+        track yet, because a delivery applied while the GET was in flight is
+        newer than the GET."""
+        if baseline and self._mode == "poll":
+            previous, self._tracked = self._tracked, {}
+        else:
+            previous = self._tracked
         states = []
         for call in calls:
-            members = engine_legs(call, self._user_number)
-            if members is None:
-                self._observer.bad_frame("unknown_state", call.state)
-            elif members:  # () = nothing dialled yet: not a call the engine can see
-                states.append(CallState(call_id=call.call_id, members=members))
-        return CallsSnapshot(at=at, calls=tuple(states))
+            if call.state == "disconnected":
+                continue
+            tracked = previous.get(call.call_id)
+            members = self._legs(call, tracked, report=baseline)
+            if baseline and call.call_id not in self._tracked:
+                self._track(call, members, tracked, None)
+            legs = engine_legs(members)
+            if legs:
+                states.append(CallState(call_id=call.call_id, members=legs))
+        return states
 
     def _deliver_snapshot(self, payload: dict[str, Any] | None) -> None:
-        """Hand the engine the full picture and take it as our baseline.
-
-        Poll mode replaces the baseline (the next poll diffs against it);
-        webhook mode only adds calls it does not track yet, because a
-        delivery applied while the GET was in flight is newer than the GET.
-        """
+        """Hand the engine the full picture and take it as our baseline."""
         calls = self._parse_calls(payload)
-        snapshot = self._snapshot(calls, self._clock())
-        live = {state.call_id: state.members for state in snapshot.calls}
-        if self._mode == "poll":
-            self._tracked = {}
-        for call in calls:
-            if call.call_id in live and call.call_id not in self._tracked:
-                self._tracked[call.call_id] = _Tracked(
-                    live[call.call_id], call.state, call.outgoing, call.was_answered, None
-                )
+        snapshot = CallsSnapshot(at=self._clock(), calls=tuple(self._live_states(calls, baseline=True)))
         self._synced = True
         self._emit(snapshot)
 
@@ -397,22 +494,26 @@ class WebexAdapter:
         if not self._signature_ok(body, signature):
             self._observer.bad_frame("bad_signature", "")
             return 401
-        at = self._clock()
-        self._observer.raw_frame(body.decode("utf-8", "replace"), at)
-        parsed = parse_delivery(body)
-        if isinstance(parsed, str):
-            self._observer.bad_frame(parsed, body[:200].decode("utf-8", "replace"))
-            return 204
         if self._sink is None:
             # Not started: the start-up snapshot will cover this call.
             self._observer.bad_frame("not_started", "")
             return 204
+        self.accept_delivery(body, self._clock())
+        return 204
+
+    def accept_delivery(self, body: bytes, at: float) -> None:
+        """A delivery whose signature was checked: recorded (the body holds no
+        secret), parsed, applied."""
+        self._observer.raw_frame(body.decode("utf-8", "replace"), at)
+        parsed = parse_delivery(body)
+        if isinstance(parsed, str):
+            self._observer.bad_frame(parsed, body[:200].decode("utf-8", "replace"))
+            return
         skipped = self._observe(parsed, at)
         if skipped is None:
             self._observer.frame(f"telephony_calls.{parsed.state}")
         else:
             self._observer.bad_frame(skipped, parsed.state)
-        return 204
 
     def _signature_ok(self, body: bytes, signature: str | None) -> bool:
         if not self._webhook_secret or not signature:
@@ -434,23 +535,65 @@ class WebexAdapter:
             return "stale"
         answered = call.was_answered or (tracked is not None and tracked.answered)
         if call.state == "disconnected":
-            self._end(call.call_id, at, outgoing=call.outgoing, answered=answered)
+            outgoing = (
+                call.outgoing or (tracked is not None and tracked.outgoing) or call.call_id in self._dialled
+            )
+            self._end(call.call_id, at, outgoing=outgoing, answered=answered)
             return None
-        members = engine_legs(call, self._user_number)
-        if members is None:
-            return "unknown_state"
+        members = self._legs(call, tracked, report=True)
         if tracked is not None and tracked.members == members:
             # No leg changed: nothing for the engine.  The same instant again is a duplicate delivery.
             duplicate = seconds is not None and seconds == last
+            tracked.state, tracked.personality = call.state, call.personality
             tracked.answered = answered
             tracked.event_seconds = seconds if seconds is not None else last
             return "duplicate" if duplicate else None
-        self._tracked[call.call_id] = _Tracked(members, call.state, call.outgoing, answered, seconds)
-        if members or tracked is not None:
+        self._track(call, members, tracked, seconds)
+        legs = engine_legs(members)
+        if legs or tracked is not None:
             # A call with no legs yet (click-to-dial ringing the user) is tracked — its end
             # still tells a failed consultation — but shown to the engine only once dialled.
-            self._emit(CallUpdated(at=at, call_id=call.call_id, members=members, full=True))
+            self._emit(CallUpdated(at=at, call_id=call.call_id, members=legs, full=True))
         return None
+
+    def _legs(self, call: WebexCall, tracked: _Tracked | None, *, report: bool) -> tuple[Member, ...]:
+        """The call's legs, user's leg first (:func:`~adapters.webex.events.call_legs`);
+        ``report``: count an unmapped combination when it is new for the call, and
+        log it once per call."""
+        legs = call_legs(
+            call,
+            self._user_number,
+            tracked.members if tracked is not None else None,
+            dialled=call.call_id in self._dialled,
+        )
+        new = tracked is None or (tracked.state, tracked.personality) != (call.state, call.personality)
+        if legs.unmapped and report and new:
+            state, personality = _label(call.state), _label(call.personality)
+            self._observer.unmapped_state(state, personality)
+            if call.call_id not in self._unmapped_logged:
+                self._unmapped_logged.add(call.call_id)
+                self._log.warning(
+                    "webex_unmapped_state",
+                    call_id=call.call_id,
+                    state=state,
+                    personality=personality,
+                    effect="legs kept as last known; no decision taken on it",
+                )
+        return legs.members
+
+    def _track(
+        self, call: WebexCall, members: tuple[Member, ...], tracked: _Tracked | None, seconds: float | None
+    ) -> None:
+        outgoing = (
+            call.outgoing
+            or any(m.kind == "outbound" for m in members)
+            or (tracked is not None and tracked.outgoing)
+            or call.call_id in self._dialled
+        )
+        answered = call.was_answered or (tracked is not None and tracked.answered)
+        self._tracked[call.call_id] = _Tracked(
+            members, call.state, call.personality, outgoing, answered, seconds
+        )
 
     def _end(self, call_id: str, at: float, *, outgoing: bool, answered: bool) -> None:
         self._tracked.pop(call_id, None)
@@ -505,16 +648,19 @@ class WebexAdapter:
         """
         before = set(self._tracked)
         try:
-            payload = await self._request("GET", CALLS, retry_throttled=False)
+            payload = await self._request("GET", CALLS, retry_throttled=False, endpoint=RECONCILE)
         except WebexError as error:
-            log.info("webex_reconcile_skipped", error=error.message, status=error.status)
+            self._log.info("webex_reconcile_skipped", error=error.message, status=error.status)
             return
-        listed = {call.call_id for call in self._parse_calls(payload)}
+        self.vanished(before, {call.call_id for call in self._parse_calls(payload)})
+
+    def vanished(self, before: set[str], listed: set[str]) -> None:
+        """End the calls tracked ``before`` a listing that no longer lists them."""
         at = self._clock()
         for call_id in sorted(before - listed):
             tracked = self._tracked.get(call_id)
             if tracked is not None:  # a delivery may have ended it while we waited
-                log.info("webex_call_vanished", call_id=call_id)
+                self._log.info("webex_call_vanished", call_id=call_id)
                 self._end(call_id, at, outgoing=tracked.outgoing, answered=tracked.answered)
 
     def _finished(
@@ -547,7 +693,7 @@ class WebexAdapter:
         try:
             await self._call_op("resume", call_id)
         except WebexError as error:
-            log.warning("webex_rollback_resume_failed", call_id=call_id, error=error.message)
+            self._log.warning("webex_rollback_resume_failed", call_id=call_id, error=error.message)
 
     def _consult_for(self, request: PbxRequest) -> _Consult:
         record = self._consults.get(request.transfer_id)
@@ -575,6 +721,8 @@ class WebexAdapter:
                 await self._resume_quietly(original)
             raise
         consult = _text(answer, "callId")
+        if consult is not None:
+            self._dialled.add(consult)
         self._consults[request.transfer_id] = _Consult(original, consult, held=original)
         return consult
 
@@ -639,6 +787,11 @@ class WebexAdapter:
             if error.kind != "unknown":
                 self._ending -= calls
             raise
+
+
+def _label(value: str) -> str:
+    """A Webex state or personality as a metric label: bounded, never empty."""
+    return value[:_LABEL_MAX] if value else "none"
 
 
 def _text(answer: dict[str, Any] | None, key: str) -> str | None:

@@ -13,10 +13,19 @@ us classify every failure by what it means for a phone call:
 * ``unreachable`` — the request never left (connection refused, DNS, TLS): it
   is safe to report as not done.
 
+A 401 means Webex refused the token before acting: the client asks its
+:class:`~adapters.webex.oauth.TokenSource` for another one once (an
+integration refreshes; a static token cannot) and, if it got one, sends the
+request once more.
+
 Every request carries a fresh ``TrackingID`` header (``XFERD_<uuid>``) so a
 support case can name it, and the ``trackingId`` of every error response is
-logged.  The access token lives only in the client's default headers: it is
-never logged, never put in an exception, never passed to the observer.
+logged.  The access token only ever travels in the ``Authorization`` header:
+it is never logged, never put in an exception, never passed to the observer.
+
+The retry logic (throttling, the 401 renewal) is the client's; sending one
+request is an :class:`Exchange` — HTTP here, recorded answers in a replay
+(:mod:`adapters.replay.webex`), so a replay retries exactly as live did.
 """
 
 from __future__ import annotations
@@ -26,13 +35,15 @@ import email.utils
 import json
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 import structlog
 
 from adapters.base import Observer
+from adapters.webex.oauth import StaticToken, TokenSource, TokenUnavailable
 
 log = structlog.get_logger(__name__)
 
@@ -110,8 +121,18 @@ def retry_after_seconds(header: str | None) -> float:
     return max(0.0, when.timestamp() - time.time())
 
 
-class WebexClient:
-    """Sends Webex API requests and reports each to the observer.
+class Exchange(Protocol):
+    """Sends one request and reports it; raises :class:`WebexError` for any failure."""
+
+    async def __call__(
+        self, method: str, path: str, body: dict[str, Any] | None, label: str, token: str
+    ) -> dict[str, Any] | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class HttpExchange:
+    """One request over HTTP, reported to the observer (redacted, with its status).
 
     ``transport`` exists for tests (``httpx.MockTransport``); production uses
     httpx's default transport with ``timeout_s`` on connect/read/write/pool.
@@ -120,24 +141,105 @@ class WebexClient:
     def __init__(
         self,
         base_url: str,
-        access_token: str,
+        *,
+        timeout_s: float = 5.0,
+        observer: Observer | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._observer = observer or Observer()
+        self._http = httpx.AsyncClient(base_url=base_url.rstrip("/"), timeout=timeout_s, transport=transport)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __call__(
+        self, method: str, path: str, body: dict[str, Any] | None, label: str, token: str
+    ) -> dict[str, Any] | None:
+        tracking_id = f"XFERD_{uuid.uuid4()}"
+        started = time.monotonic()
+        result = "error"
+        answer: dict[str, Any] | None = None
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            try:
+                response = await self._http.request(
+                    method,
+                    path,
+                    json=body,
+                    headers={"TrackingID": tracking_id, "Authorization": f"Bearer {token}"},
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                raise WebexError("unreachable", f"Webex API unreachable ({type(exc).__name__})") from exc
+            except httpx.TransportError as exc:
+                result = "unknown"
+                raise WebexError(
+                    "unknown", f"no answer from Webex after sending ({type(exc).__name__})"
+                ) from exc
+            status = response.status_code
+            answer = _json_object(response)
+            if response.is_success:
+                result = "ok"
+                return answer
+            error = _error_from(response, answer)
+            retry_after = error.retry_after
+            result = "unknown" if error.kind == "unknown" else "refused"
+            log.warning(
+                "webex_request_failed",
+                endpoint=label,
+                status=response.status_code,
+                message=error.message,
+                tracking_id=error.tracking_id,
+                request_tracking_id=tracking_id,
+            )
+            raise error
+        finally:
+            self._observer.pbx_request(
+                label,
+                redact(body or {}),
+                redact(answer),
+                result,
+                time.monotonic() - started,
+                status=status,
+                retry_after=retry_after,
+            )
+
+
+class WebexClient:
+    """Sends Webex API requests: throttling retried within a budget, a refused
+    token renewed once.
+
+    ``access_token`` is a fixed token or a :class:`TokenSource` (an
+    integration's renewing tokens).  ``exchange`` replaces HTTP (a replay);
+    ``sleep`` is how it waits out a ``Retry-After``; ``logger`` replaces this
+    module's.
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        access_token: str | TokenSource,
         *,
         timeout_s: float = 5.0,
         observer: Observer | None = None,
         budget: RetryBudget = RetryBudget(),
         transport: httpx.AsyncBaseTransport | None = None,
+        exchange: Exchange | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        logger: Any = None,
     ) -> None:
-        self._observer = observer or Observer()
+        self.tokens: TokenSource = (
+            StaticToken(access_token) if isinstance(access_token, str) else access_token
+        )
         self._budget = budget
-        self._http = httpx.AsyncClient(
-            base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {access_token}"},
-            timeout=timeout_s,
-            transport=transport,
+        self._sleep = sleep
+        self._log = logger if logger is not None else log
+        self._exchange: Exchange = exchange or HttpExchange(
+            base_url, timeout_s=timeout_s, observer=observer, transport=transport
         )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._exchange.aclose()
 
     async def request(
         self,
@@ -153,16 +255,26 @@ class WebexClient:
 
         Raises :class:`WebexError`.  A 429/423 is retried after its
         ``Retry-After`` while the :class:`RetryBudget` allows (only when
-        ``retry_throttled``).  ``endpoint`` is the metric label (defaults to
-        ``path``; pass a template when the path holds an id).
+        ``retry_throttled``); a 401 is retried once if the token source
+        renewed the token.  ``endpoint`` is the metric label (defaults to
+        ``path``; pass a template when the path holds an id).  No token to
+        be had: ``unreachable`` (nothing was sent).
         """
         label = endpoint or path
         waited = 0.0
         attempt = 0
+        renewed = False
         while True:
             try:
-                return await self._send_once(method, path, body, label)
+                token = await self.tokens.token()
+            except TokenUnavailable as exc:
+                raise WebexError("unreachable", str(exc)) from None
+            try:
+                return await self._exchange(method, path, body, label, token)
             except WebexError as error:
+                if error.status == 401 and not renewed and await self.tokens.renew(token):
+                    renewed = True
+                    continue
                 delay = error.retry_after
                 if (
                     delay is None
@@ -171,49 +283,12 @@ class WebexClient:
                     or waited + delay > self._budget.max_wait_s
                 ):
                     raise
-                log.info("webex_throttled_retry", endpoint=label, status=error.status, retry_after_s=delay)
-                await asyncio.sleep(delay)
+                self._log.info(
+                    "webex_throttled_retry", endpoint=label, status=error.status, retry_after_s=delay
+                )
+                await self._sleep(delay)
                 waited += delay
                 attempt += 1
-
-    async def _send_once(
-        self, method: str, path: str, body: dict[str, Any] | None, label: str
-    ) -> dict[str, Any] | None:
-        tracking_id = f"XFERD_{uuid.uuid4()}"
-        started = time.monotonic()
-        result = "error"
-        answer: dict[str, Any] | None = None
-        try:
-            try:
-                response = await self._http.request(
-                    method, path, json=body, headers={"TrackingID": tracking_id}
-                )
-            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                raise WebexError("unreachable", f"Webex API unreachable ({type(exc).__name__})") from exc
-            except httpx.TransportError as exc:
-                result = "unknown"
-                raise WebexError(
-                    "unknown", f"no answer from Webex after sending ({type(exc).__name__})"
-                ) from exc
-            answer = _json_object(response)
-            if response.is_success:
-                result = "ok"
-                return answer
-            error = _error_from(response, answer)
-            result = "unknown" if error.kind == "unknown" else "refused"
-            log.warning(
-                "webex_request_failed",
-                endpoint=label,
-                status=response.status_code,
-                message=error.message,
-                tracking_id=error.tracking_id,
-                request_tracking_id=tracking_id,
-            )
-            raise error
-        finally:
-            self._observer.pbx_request(
-                label, redact(body or {}), redact(answer), result, time.monotonic() - started
-            )
 
 
 def _json_object(response: httpx.Response) -> dict[str, Any] | None:

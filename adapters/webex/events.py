@@ -41,21 +41,39 @@ is ``callId1``, the transferee ``callId1/remote`` and the target
 Status mapping (Yeastar ``member_status`` semantics: ``ALERT`` = the caller
 hears ringback, ``RING`` = the callee rings, ``ANSWERED`` = the caller's call
 was answered, ``ANSWER`` = the callee answered, ``HOLD`` = not talking on this
-call because it is held):
+call because it is held).  These are the combinations of ``state`` and
+``personality`` the reference names (:data:`DOCUMENTED`), and only these:
 
-==============  =====================  ============  =====================
-Webex state     direction              user's leg    remote leg
-==============  =====================  ============  =====================
-``connecting``  outgoing               ``ALERT``     ``RING``
-``alerting``    incoming               ``RING``      ``ALERT``
-``alerting``    outgoing (click-to-    ``RING``      — (not dialled yet)
-                dial rings the user's
-                own device first)
-``connected``   outgoing               ``ANSWERED``  ``ANSWER``
-``connected``   incoming               ``ANSWER``    ``ANSWERED``
-``held``        either                 ``HOLD``      ``HOLD``
-``remoteHeld``  either                 ``HOLD``      talking status
-==============  =====================  ============  =====================
+==============  ==============  ============  ==========================
+Webex state     personality     user's leg    remote leg
+==============  ==============  ============  ==========================
+``connecting``  ``originator``, ``ALERT``     ``RING`` (being placed)
+                ``clickToDial``
+``alerting``    ``terminator``  ``RING``      ``ALERT`` (observed:
+                                              ``received``)
+``alerting``    ``clickToDial`` ``RING``      — click-to-dial rings the
+                                              user's own device first:
+                                              nothing dialled yet
+``connected``   out: both       ``ANSWERED``  ``ANSWER``
+``connected``   ``terminator``  ``ANSWER``    ``ANSWERED``
+``held``        any of the 3    ``HOLD``      ``HOLD``
+``remoteHeld``  any of the 3    ``HOLD``      talking status
+==============  ==============  ============  ==========================
+
+No guessing beyond that table (:func:`call_legs`).  Real clouds send other
+combinations (an outgoing call reported ``alerting`` while the far end
+rings, an unknown personality, a state the reference does not list), and
+reading one as "nothing dialled yet" made the target's leg vanish from the
+call, which the engine rightly takes for the target gone — an abort on a
+guess.  So: **a live call (any state but ``disconnected``) never ends and
+never loses a leg.**  A combination the table does not name keeps the legs
+last shown for the call (a call never seen before shows both legs ringing,
+in its direction) and is reported ``unmapped`` — the adapter counts it and
+logs it once per call — so it can never by itself trigger a decision.  The
+table's "nothing dialled yet" is likewise not applied to a call whose remote
+party was already shown: that cannot be what it means there.  Only
+``disconnected``, or the call's absence from a fresh ``GET
+/telephony/calls``, ends a leg.
 
 ``held`` (the user held the call) marks *both* legs ``HOLD``: nobody talks on
 a held call, so the transferee shows as held while consulting, the target
@@ -66,8 +84,7 @@ it is merely the one holding.  ``disconnected`` is not a leg status: the call
 is over (:class:`~engine.model.CallEnded`); an *outgoing* call that ends
 without ever being answered is also a failed attempt
 (:class:`~engine.model.CallFailed` first) — that is how a busy or rejecting
-target shows on Webex, which gives no cause.  Any other state is counted and
-skipped, never guessed.
+target shows on Webex, which gives no cause.
 
 Every update is a full two-leg snapshot of that call (``full=True``): Webex
 always sends the whole call object, and ``data.state`` is the truth.
@@ -80,6 +97,7 @@ clocks may disagree.  ``eventTimestamp`` is only used to order deliveries.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -87,26 +105,31 @@ from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from engine.model import CallEnded, CallFailed, Event, Member
 
+#: Where the control API receives deliveries (contract §3.7); the adapter registers it.
+WEBHOOK_PATH = "/v1/webhooks/webex"
 #: Suffix that turns a user's callId into the channel id of the remote party.
 REMOTE_SUFFIX = "/remote"
 #: The reason carried by :class:`CallFailed` — Webex does not say why.
 NOT_ANSWERED = "disconnected before answer"
 #: Webex states in which the call has been answered.
 ANSWERED_STATES = frozenset({"connected", "held", "remoteHeld"})
-
-# (state, outgoing) -> (user's leg, remote leg or None when not dialled yet)
-_STATUSES: dict[tuple[str, bool], tuple[str, str | None]] = {
-    ("connecting", True): ("ALERT", "RING"),
-    ("alerting", False): ("RING", "ALERT"),
-    ("alerting", True): ("RING", None),
-    ("connected", True): ("ANSWERED", "ANSWER"),
-    ("connected", False): ("ANSWER", "ANSWERED"),
-    ("held", True): ("HOLD", "HOLD"),
-    ("held", False): ("HOLD", "HOLD"),
-    ("remoteHeld", True): ("HOLD", "ANSWER"),
-    ("remoteHeld", False): ("HOLD", "ANSWERED"),
-}
 _OUTGOING_PERSONALITIES = frozenset({"originator", "clickToDial"})
+_PERSONALITIES = ("originator", "clickToDial", "terminator")
+#: The (state, personality) combinations the reference names -> (user's leg, remote leg);
+#: None for the remote leg: nothing dialled yet (click-to-dial ringing the user's device).
+DOCUMENTED: dict[tuple[str, str], tuple[str, str | None]] = {
+    ("connecting", "originator"): ("ALERT", "RING"),
+    ("connecting", "clickToDial"): ("ALERT", "RING"),
+    ("alerting", "terminator"): ("RING", "ALERT"),
+    ("alerting", "clickToDial"): ("RING", None),
+    ("connected", "originator"): ("ANSWERED", "ANSWER"),
+    ("connected", "clickToDial"): ("ANSWERED", "ANSWER"),
+    ("connected", "terminator"): ("ANSWER", "ANSWERED"),
+    **{("held", personality): ("HOLD", "HOLD") for personality in _PERSONALITIES},
+    ("remoteHeld", "originator"): ("HOLD", "ANSWER"),
+    ("remoteHeld", "clickToDial"): ("HOLD", "ANSWER"),
+    ("remoteHeld", "terminator"): ("HOLD", "ANSWERED"),
+}
 
 
 class RemoteParty(BaseModel):
@@ -160,16 +183,53 @@ def call_id_of(channel_id: str) -> str:
 
 
 def call_members(call: WebexCall, user_number: str) -> tuple[Member, ...] | None:
-    """The engine legs of a live call, or None for a state we do not map."""
-    statuses = _STATUSES.get((call.state, call.outgoing))
+    """The legs of a live call per :data:`DOCUMENTED`, user's leg first (only
+    the user's while nothing is dialled yet); None for a combination the
+    reference does not name."""
+    statuses = DOCUMENTED.get((call.state, call.personality))
     if statuses is None:
         return None
-    user_status, remote_status = statuses
+    return _members(call, user_number, *statuses, outgoing=call.outgoing)
+
+
+@dataclass(frozen=True, slots=True)
+class Legs:
+    """What one Webex call shows: its legs, user's leg first, and whether
+    they come from :data:`DOCUMENTED` (``unmapped`` False) or were kept
+    because the combination is not one the reference names."""
+
+    members: tuple[Member, ...]
+    unmapped: bool = False
+
+
+def call_legs(
+    call: WebexCall, user_number: str, previous: tuple[Member, ...] | None = None, *, dialled: bool = False
+) -> Legs:
+    """The legs of a live call, never guessed: see the module docstring.
+
+    ``previous``: the legs last shown for this call (None: never seen);
+    ``dialled``: the adapter dialled this call itself, so a never-seen call
+    whose combination is unmapped is taken as outgoing.
+    """
+    statuses = DOCUMENTED.get((call.state, call.personality))
+    dialled_before = previous is not None and len(previous) > 1
+    if statuses is not None and not (statuses[1] is None and dialled_before):
+        return Legs(_members(call, user_number, *statuses, outgoing=call.outgoing))
+    if previous is not None:
+        return Legs(previous, unmapped=True)
+    outgoing = call.outgoing or (dialled and call.personality != "terminator")
+    ringing = ("ALERT", "RING") if outgoing else ("RING", "ALERT")
+    return Legs(_members(call, user_number, *ringing, outgoing=outgoing), unmapped=True)
+
+
+def _members(
+    call: WebexCall, user_number: str, user_status: str, remote_status: str | None, *, outgoing: bool
+) -> tuple[Member, ...]:
     user = Member(kind="extension", number=user_number, channel_id=call.call_id, status=user_status)
     if remote_status is None:
         return (user,)
     remote = Member(
-        kind="outbound" if call.outgoing else "inbound",
+        kind="outbound" if outgoing else "inbound",
         number=call.remote_party.number or "",
         channel_id=remote_channel(call.call_id),
         status=remote_status,
@@ -177,15 +237,11 @@ def call_members(call: WebexCall, user_number: str) -> tuple[Member, ...] | None
     return (user, remote)
 
 
-def engine_legs(call: WebexCall, user_number: str) -> tuple[Member, ...] | None:
-    """The legs the engine is given for a live call: :func:`call_members`
-    remote party first, ``()`` while nothing is dialled yet (click-to-dial
-    ringing the user), None for a state we do not map.  Why: see the module
-    docstring — the engine takes the first new leg of a consult call for
-    the target."""
-    members = call_members(call, user_number)
-    if members is None:
-        return None
+def engine_legs(members: tuple[Member, ...]) -> tuple[Member, ...]:
+    """The legs the engine is given for a call's ``members`` (user's leg
+    first): the remote party's leg first, and ``()`` while nothing is dialled
+    yet (click-to-dial ringing the user).  Why: see the module docstring —
+    the engine takes the first new leg of a consult call for the target."""
     if len(members) < 2:
         return ()
     return tuple(reversed(members))

@@ -2,20 +2,34 @@
 
 It simulates the call world of ONE user (the transferor, default number
 ``+15550001000``) with scripted remote parties, speaks the subset of the
-API the adapter uses (``/v1/telephony/calls`` dial, hold, resume, hangup,
-transfer, list; ``/v1/webhooks`` create, list, delete) with the real error
-shape, and delivers signed ``telephony_calls`` webhooks.  Faults are on
-demand: an expired token, 429 + ``Retry-After``, stalled answers (the action
-happens, the answer comes late: an "unknown outcome" for the client),
-duplicated and reordered deliveries.
+API the adapter uses (``/v1/telephony/calls`` dial, answer, hold, resume,
+hangup, transfer, list; ``/v1/webhooks`` create, list, delete) with the real
+error shape, delivers signed ``telephony_calls`` webhooks, and plays an
+integration's OAuth endpoints: ``GET /v1/authorize`` (consent is granted at
+once: a redirect to ``redirect_uri`` with a code) and ``POST
+/v1/access_token`` (``authorization_code`` and ``refresh_token`` grants).
+Faults are on demand: an expired or revoked token, revoked refresh tokens,
+429 + ``Retry-After``, stalled answers (the action happens, the answer
+comes late: an "unknown outcome" for the client), duplicated and reordered
+deliveries, a state the reference does not name.
+
+Variants of what the reference leaves open (:class:`SimVariant`): how the
+remote party ringing is reported (``connecting`` throughout, or
+``connecting`` then ``alerting``), and whether ``dial`` first rings the
+user's own device (``clickToDial`` + ``alerting`` until the device answers)
+or goes straight to the remote party (a device that auto-answers
+click-to-dial).  The remote party can hold the user (``remoteHeld``).
 
 Simplifications (each marked **[unconfirmed]** in the reference where it
-matters): ``dial`` skips the click-to-dial ring of the user's own device and
-goes straight to ``connecting`` (as with a device that auto-answers
-click-to-dial); only connected calls can be held; a mute (blind) transfer
-shows the new call to nobody and ends the user's call when the destination
-answers; a busy party makes the consult call go ``disconnected`` quickly
-without ever being answered.
+matters): only connected calls can be held; a mute (blind) transfer shows the
+new call to nobody and ends the user's call when the destination answers; a
+busy party makes the consult call go ``disconnected`` quickly without ever
+being answered.
+
+Besides the Webex API, ``/sim/...`` routes script the world over HTTP for
+``xferd simulate --pbx webex`` (no token; loopback only): ``POST /sim/incoming
+{"from"}``, ``POST /sim/hangup {"callId"}``, ``POST /sim/party {"number",
+"answer_after", "busy"}``.
 
 Usage::
 
@@ -36,20 +50,24 @@ import hashlib
 import hmac
 import itertools
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlencode
 
 import httpx
 import structlog
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
+
+from adapters.webex.events import WEBHOOK_PATH
 
 log = structlog.get_logger(__name__)
 
@@ -69,12 +87,12 @@ class _EmbeddedServer(uvicorn.Server):
 class LoopbackServer:
     """Serve an ASGI app on 127.0.0.1 (an OS-chosen port) inside this event loop."""
 
-    def __init__(self, app: Starlette) -> None:
+    def __init__(self, app: Starlette, port: int = 0) -> None:
         self._server = _EmbeddedServer(
             uvicorn.Config(
                 app,
                 host="127.0.0.1",
-                port=0,
+                port=port,
                 log_level="warning",
                 log_config=None,  # never reconfigure the host's logging
                 lifespan="off",
@@ -102,6 +120,37 @@ class LoopbackServer:
         self._task = None
 
 
+class WebhookReceiver:
+    """The control API's ``POST /v1/webhooks/webex`` alone, on loopback,
+    forwarding each delivery to :attr:`adapter` (anything with the Webex
+    adapter's ``handle_webhook``): for tests and live recordings that run an
+    adapter without the whole service."""
+
+    def __init__(self) -> None:
+        self.adapter: Any = None
+        self._server = LoopbackServer(
+            Starlette(routes=[Route(WEBHOOK_PATH, self._receive, methods=["POST"])])
+        )
+
+    async def _receive(self, request: Request) -> Response:
+        assert self.adapter is not None, "set the adapter before deliveries can arrive"
+        status = await self.adapter.handle_webhook(
+            await request.body(), request.headers.get("x-spark-signature")
+        )
+        return Response(status_code=int(status))
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self) -> None:
+        await self._server.stop()
+
+    @property
+    def public_url(self) -> str:
+        """What the adapter's ``public_url`` should be for deliveries to reach it."""
+        return f"http://127.0.0.1:{self._server.port}"
+
+
 @dataclass(slots=True)
 class Party:
     """How a remote number behaves when called.  ``answer_after`` None:
@@ -110,6 +159,28 @@ class Party:
     answer_after: float | None = 0.05
     busy: bool = False
     busy_after: float = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class SimVariant:
+    """What the simulated cloud does where the reference is silent.
+
+    ``remote_ringing``: the consultation's state while the remote party rings —
+    ``connecting`` throughout, or ``connecting`` then ``alerting`` once it rings
+    (``ringback_after`` later).  ``device_first``: ``dial`` rings the user's own
+    device first (``clickToDial`` + ``alerting``) and places the call only when
+    the device answers, ``device_answer_after`` later (None: only ``POST
+    /telephony/calls/answer`` answers it).
+    """
+
+    remote_ringing: Literal["connecting", "alerting"] = "connecting"
+    device_first: bool = False
+    device_answer_after: float | None = 0.05
+    ringback_after: float = 0.02
+
+
+#: States in which a call has not been answered yet and may still be.
+_UNANSWERED = frozenset({"connecting", "alerting"})
 
 
 @dataclass(slots=True)
@@ -123,6 +194,8 @@ class SimCall:
     remote_number: str
     created: str
     answered: str | None = None
+    #: the remote party is being rung (click-to-dial: after the user's device answered)
+    placed: bool = True
 
     def as_json(self, id_key: str = "id") -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -174,6 +247,16 @@ class _Fault:
     status: int = 429
 
 
+@dataclass(slots=True)
+class _OAuth:
+    """The integration's tokens as the simulated Webex knows them (epoch expiries)."""
+
+    access: dict[str, float] = field(default_factory=dict)
+    refresh: dict[str, float] = field(default_factory=dict)
+    codes: dict[str, str] = field(default_factory=dict)  # code -> redirect_uri
+    issued: list[str] = field(default_factory=list)  # every token handed out
+
+
 class _ApiError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -192,10 +275,27 @@ class WebexSimulator:
         access_token: str = "sim-token",
         webhook_secret: str = "sim-webhook-secret",
         user_number: str = USER_NUMBER,
+        *,
+        variant: SimVariant | None = None,
+        default_party: Party | None = None,
+        port: int = 0,
     ) -> None:
         self.access_token = access_token
         self.webhook_secret = webhook_secret
         self.user_number = user_number
+        self.variant = variant or SimVariant()
+        self.default_party = default_party or Party()
+        #: the integration (``xferd webex authorize`` / ``[pbx] client_id``)
+        self.client_id = "sim-client-id"
+        self.client_secret = "sim-client-secret"
+        #: lifetimes of the tokens the token endpoint issues (Webex: 14 and 90 days)
+        self.access_token_lifetime_s = 1209599.0
+        self.refresh_token_lifetime_s = 7775999.0
+        #: hand out a new refresh token with every refresh (whether Webex does is unconfirmed)
+        self.rotate_refresh_tokens = True
+        #: refuse every access token the token endpoint issues, even a fresh one (a scope problem)
+        self.refuse_issued_tokens = False
+        self._oauth = _OAuth()
         self.requests: list[SimRequest] = []
         self.deliveries: list[Delivery] = []
         self.webhooks: dict[str, dict[str, Any]] = {}
@@ -219,7 +319,7 @@ class WebexSimulator:
         self._posting = False
         self._worker: asyncio.Task[None] | None = None
         self._http: httpx.AsyncClient | None = None
-        self._server = LoopbackServer(self._app())
+        self._server = LoopbackServer(self._app(), port)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -251,6 +351,29 @@ class WebexSimulator:
         """How ``number`` behaves when dialled (default: answers after 50 ms)."""
         self._parties[number] = Party(answer_after=answer_after, busy=busy, busy_after=busy_after)
 
+    def issue_refresh_token(self) -> str:
+        """A refresh token of the integration, as if the user had authorized it earlier."""
+        token = f"sim-refresh-{secrets.token_hex(8)}"
+        self._oauth.refresh[token] = time.time() + self.refresh_token_lifetime_s
+        self._oauth.issued.append(token)
+        return token
+
+    def issued_tokens(self) -> list[str]:
+        """Every access and refresh token the simulator handed out (to check none leaks)."""
+        return list(self._oauth.issued)
+
+    def revoke_access_tokens(self) -> None:
+        """Every access token the token endpoint issued is refused from now on (401)."""
+        self._oauth.access.clear()
+
+    def revoke_refresh_tokens(self) -> None:
+        """Every refresh token is refused from now on (the user revoked the integration)."""
+        self._oauth.refresh.clear()
+
+    def token_requests(self) -> list[SimRequest]:
+        """Every ``POST /v1/access_token``, whatever its answer."""
+        return [r for r in self.requests if r.path.endswith("/access_token")]
+
     def incoming_call(self, from_number: str) -> str:
         """``from_number`` calls the user, who answers at once: a connected call."""
         call = self._new_call("terminator", from_number, "alerting")
@@ -263,6 +386,27 @@ class WebexSimulator:
         call = self._calls[call_id]
         if call.state != "disconnected":
             self._set_state(call, "disconnected", "deleted", "disconnected")
+
+    def hold_remote(self, call_id: str) -> None:
+        """The remote party of the connected call ``call_id`` holds the user (``remoteHeld``)."""
+        call = self._calls[call_id]
+        if call.state == "connected":
+            self._set_state(call, "remoteHeld", "updated", "held")
+
+    def resume_remote(self, call_id: str) -> None:
+        """The remote party stops holding the user."""
+        call = self._calls[call_id]
+        if call.state == "remoteHeld":
+            self._set_state(call, "connected", "updated", "resumed")
+
+    def report(self, call_id: str, state: str, personality: str | None = None) -> None:
+        """``call_id`` now reports ``state`` (and ``personality``), whatever they
+        mean — as a cloud sending a combination the reference does not name.
+        A party still ringing keeps its answer timer."""
+        call = self._calls[call_id]
+        if personality is not None:
+            call.personality = personality
+        self._set_state(call, state, "updated", "updated")
 
     def deliver_to(self, url: str, secret: str | None = None) -> None:
         """Also deliver every event to ``url``, signed with ``secret`` (default:
@@ -353,13 +497,36 @@ class WebexSimulator:
     def _later(self, delay: float, action: Callable[[], None]) -> None:
         self._timers.append(asyncio.get_running_loop().call_later(delay, action))
 
+    def _ringing(self, call: SimCall) -> bool:
+        """The remote party of ``call`` is being rung: not answered, not ended."""
+        return call.placed and call.answered is None and call.state != "disconnected"
+
     def _fail(self, call: SimCall) -> None:
-        if call.state == "connecting":
+        if self._ringing(call):
             self._set_state(call, "disconnected", "deleted", "disconnected")
 
     def _answer(self, call: SimCall) -> None:
-        if call.state == "connecting":
+        if self._ringing(call):
             self._set_state(call, "connected", "updated", "answered")
+
+    def _place(self, call: SimCall) -> None:
+        """Ring the remote party of an outgoing call (click-to-dial: once the user's device answered)."""
+        if call.state == "disconnected" or call.placed:
+            return
+        call.placed = True
+        if call.state != "connecting":
+            self._set_state(call, "connecting", "updated", "updated")
+        if self.variant.remote_ringing == "alerting":
+            self._later(self.variant.ringback_after, lambda: self._ringback(call))
+        party = self._parties.get(call.remote_number, self.default_party)
+        if party.busy:
+            self._later(party.busy_after, lambda: self._fail(call))
+        elif party.answer_after is not None:
+            self._later(party.answer_after, lambda: self._answer(call))
+
+    def _ringback(self, call: SimCall) -> None:
+        if self._ringing(call) and call.state == "connecting":
+            self._set_state(call, "alerting", "updated", "updated")
 
     def _live(self, body: dict[str, Any], key: str = "callId") -> SimCall:
         call_id = body.get(key)
@@ -376,14 +543,31 @@ class WebexSimulator:
         destination = body.get("destination")
         if not isinstance(destination, str) or not destination:
             raise _ApiError(400, "destination is required")
-        call = self._new_call("clickToDial", destination, "connecting")
-        self._emit(call, "created", "originated")
-        party = self._parties.get(destination, Party())
-        if party.busy:
-            self._later(party.busy_after, lambda: self._fail(call))
-        elif party.answer_after is not None:
-            self._later(party.answer_after, lambda: self._answer(call))
+        variant = self.variant
+        if variant.device_first:
+            # Click-to-dial rings the user's own device; the call is placed when it answers.
+            call = self._new_call("clickToDial", destination, "alerting")
+            call.placed = False
+            self._emit(call, "created", "received")
+            if variant.device_answer_after is not None:
+                self._later(variant.device_answer_after, lambda: self._place(call))
+        else:
+            call = self._new_call("clickToDial", destination, "connecting")
+            call.placed = False
+            self._emit(call, "created", "originated")
+            self._place(call)
         return JSONResponse({"callId": call.id, "callSessionId": call.session_id}, status_code=201)
+
+    async def _answer_request(self, _: Request, body: dict[str, Any]) -> Response:
+        """``POST /telephony/calls/answer``: the user's device answers a call ringing it."""
+        call = self._live(body)
+        if call.personality == "clickToDial" and not call.placed:
+            self._place(call)
+        elif call.personality == "terminator" and call.state == "alerting":
+            self._set_state(call, "connected", "updated", "answered")
+        else:
+            raise _ApiError(409, f"Call cannot be answered in state {call.state}")
+        return Response(status_code=204)
 
     async def _hold(self, _: Request, body: dict[str, Any]) -> Response:
         call = self._live(body)
@@ -417,7 +601,7 @@ class WebexSimulator:
             raise _ApiError(400, "callId2 or destination is required")
         if first.answered is None:
             raise _ApiError(409, "Unanswered calls cannot be transferred")
-        party = self._parties.get(destination, Party())
+        party = self._parties.get(destination, self.default_party)
 
         def handed_over() -> None:
             if first.state != "disconnected":
@@ -463,6 +647,7 @@ class WebexSimulator:
         routes = [
             ("/v1/telephony/calls", "GET", self._list_calls),
             ("/v1/telephony/calls/dial", "POST", self._dial),
+            ("/v1/telephony/calls/answer", "POST", self._answer_request),
             ("/v1/telephony/calls/hold", "POST", self._hold),
             ("/v1/telephony/calls/resume", "POST", self._resume),
             ("/v1/telephony/calls/hangup", "POST", self._hangup),
@@ -471,7 +656,142 @@ class WebexSimulator:
             ("/v1/webhooks", "GET", self._list_webhooks),
             ("/v1/webhooks/{webhook_id}", "DELETE", self._delete_webhook),
         ]
-        return Starlette(routes=[Route(path, self._endpoint(h), methods=[m]) for path, m, h in routes])
+        plain = [
+            Route("/v1/access_token", self._logged(self._access_token), methods=["POST"]),
+            Route("/v1/authorize", self._logged(self._authorize), methods=["GET"]),
+            Route("/sim/incoming", self._logged(self._sim_incoming), methods=["POST"]),
+            Route("/sim/hangup", self._logged(self._sim_hangup), methods=["POST"]),
+            Route("/sim/party", self._logged(self._sim_party), methods=["POST"]),
+        ]
+        api = [Route(path, self._endpoint(h), methods=[m]) for path, m, h in routes]
+        return Starlette(routes=api + plain)
+
+    # -- OAuth (an integration) ------------------------------------------
+
+    def _logged(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """Routes outside the bearer-checked API: logged in :attr:`requests` (secrets masked)."""
+
+        async def endpoint(request: Request) -> Response:
+            arrived = time.monotonic()
+            try:
+                response = await handler(request)
+            except _ApiError as error:
+                response = _error(error.status, error.message, None)
+            shown = getattr(request.state, "shown", None)
+            self.requests.append(
+                SimRequest(request.method, request.url.path, shown, None, response.status_code, arrived)
+            )
+            self._notify()
+            return response
+
+        return endpoint
+
+    def _bearer_ok(self, header: str | None) -> bool:
+        token = (header or "").removeprefix("Bearer ")
+        if token == self.access_token:
+            return not self._token_expired
+        expires = self._oauth.access.get(token)
+        return expires is not None and expires > time.time() and not self.refuse_issued_tokens
+
+    def _grant(self) -> JSONResponse:
+        now = time.time()
+        access = f"sim-access-{secrets.token_hex(8)}"
+        refresh = f"sim-refresh-{secrets.token_hex(8)}"
+        self._oauth.access[access] = now + self.access_token_lifetime_s
+        self._oauth.refresh[refresh] = now + self.refresh_token_lifetime_s
+        self._oauth.issued += [access, refresh]
+        return JSONResponse(
+            {
+                "access_token": access,
+                "expires_in": self.access_token_lifetime_s,
+                "refresh_token": refresh,
+                "refresh_token_expires_in": self.refresh_token_lifetime_s,
+                "token_type": "Bearer",
+                "scope": "spark:calls_read spark:calls_write",
+            }
+        )
+
+    async def _access_token(self, request: Request) -> Response:
+        form = {key: values[0] for key, values in parse_qs((await request.body()).decode()).items()}
+        request.state.shown = {
+            key: "***" if key in ("client_secret", "refresh_token", "code") else value
+            for key, value in form.items()
+        }
+        if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
+            raise _ApiError(401, "Invalid client credentials")
+        grant = form.get("grant_type")
+        if grant == "refresh_token":
+            token = form.get("refresh_token", "")
+            expires = self._oauth.refresh.get(token)
+            if expires is None or expires <= time.time():
+                raise _ApiError(400, "Invalid or revoked refresh token")
+            response = self._grant()
+            if not self.rotate_refresh_tokens:
+                # Keep handing out the same refresh token, renewed.
+                issued = json.loads(bytes(response.body))
+                del self._oauth.refresh[issued["refresh_token"]]
+                self._oauth.refresh[token] = time.time() + self.refresh_token_lifetime_s
+                issued["refresh_token"] = token
+                return JSONResponse(issued)
+            del self._oauth.refresh[token]
+            return response
+        if grant == "authorization_code":
+            redirect = self._oauth.codes.pop(form.get("code", ""), None)
+            if redirect is None or redirect != form.get("redirect_uri"):
+                raise _ApiError(400, "Invalid authorization code or redirect_uri")
+            return self._grant()
+        raise _ApiError(400, "grant_type must be refresh_token or authorization_code")
+
+    async def _authorize(self, request: Request) -> Response:
+        """The consent page, consented at once: a redirect carrying a code."""
+        query = request.query_params
+        shown = ("client_id", "response_type", "redirect_uri", "scope")
+        request.state.shown = {key: query[key] for key in shown if key in query}
+        if query.get("client_id") != self.client_id:
+            raise _ApiError(400, "Unknown client_id")
+        redirect = query.get("redirect_uri")
+        if query.get("response_type") != "code" or not redirect:
+            raise _ApiError(400, "response_type=code and redirect_uri are required")
+        code = f"sim-code-{secrets.token_hex(8)}"
+        self._oauth.codes[code] = redirect
+        params = {"code": code} | ({"state": query["state"]} if "state" in query else {})
+        return RedirectResponse(f"{redirect}?{urlencode(params)}", status_code=302)
+
+    # -- scripting over HTTP (xferd simulate) ----------------------------
+
+    async def _sim_body(self, request: Request) -> dict[str, Any]:
+        body = _json_object(await request.body())
+        if body is None:
+            raise _ApiError(400, "The request body must be a JSON object")
+        request.state.shown = body
+        return body
+
+    async def _sim_incoming(self, request: Request) -> Response:
+        number = (await self._sim_body(request)).get("from")
+        if not isinstance(number, str) or not number:
+            raise _ApiError(400, "from is required")
+        return JSONResponse({"callId": self.incoming_call(number)}, status_code=201)
+
+    async def _sim_hangup(self, request: Request) -> Response:
+        call = self._live(await self._sim_body(request))
+        self.hangup_remote(call.id)
+        return Response(status_code=204)
+
+    async def _sim_party(self, request: Request) -> Response:
+        body = await self._sim_body(request)
+        number, answer_after, busy = (
+            body.get("number"),
+            body.get("answer_after", 0.5),
+            body.get("busy", False),
+        )
+        if not isinstance(number, str) or not number:
+            raise _ApiError(400, "number is required")
+        if not (answer_after is None or isinstance(answer_after, int | float)) or not isinstance(busy, bool):
+            raise _ApiError(400, "answer_after is seconds or null (never answers); busy is true or false")
+        self.set_party(number, answer_after=answer_after, busy=busy)
+        return Response(status_code=204)
 
     def _endpoint(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         """Wrap a handler with what every Webex request goes through: the
@@ -482,10 +802,7 @@ class WebexSimulator:
             tracking_id = request.headers.get("trackingid")
             body = _json_object(await request.body())
             try:
-                if (
-                    self._token_expired
-                    or request.headers.get("authorization") != f"Bearer {self.access_token}"
-                ):
+                if not self._bearer_ok(request.headers.get("authorization")):
                     raise _ApiError(
                         401,
                         "The request requires a valid access token set in the Authorization request header.",
@@ -546,7 +863,7 @@ class WebexSimulator:
                 "created": (target.webhook or {}).get("created", self._stamp()),
                 "data": data,
             }
-            self._outbox.put_nowait((target, json.dumps(envelope).encode()))
+            self._outbox.put_nowait((target, json.dumps(envelope, separators=(",", ":")).encode()))
 
     async def _deliver_loop(self) -> None:
         """Deliver in order, one at a time — or, with ``reorder_deliveries``,
@@ -601,3 +918,27 @@ def _error(status: int, message: str, tracking_id: str | None) -> JSONResponse:
         status_code=status,
         headers={"TrackingID": tracking},
     )
+
+
+async def serve_forever(port: int) -> None:
+    """``xferd simulate --pbx webex``: the Webex simulator alone until cancelled."""
+    sim = WebexSimulator(port=port, default_party=Party(answer_after=0.5))
+    await sim.start()
+    refresh_token = sim.issue_refresh_token()
+    # Throwaway credentials of a local simulator: printing them is the point.
+    print(f"Webex Calling simulator at {sim.base_url}", flush=True)
+    print(f"access_token={sim.access_token} webhook_secret={sim.webhook_secret}", flush=True)
+    print(
+        f"client_id={sim.client_id} client_secret={sim.client_secret} refresh_token={refresh_token}",
+        flush=True,
+    )
+    print(f"user {sim.user_number}; any other number answers after 0.5 s", flush=True)
+    print(
+        'script it: POST /sim/incoming {"from": NUMBER}, POST /sim/hangup {"callId": ID}, '
+        'POST /sim/party {"number", "answer_after", "busy"}',
+        flush=True,
+    )
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()

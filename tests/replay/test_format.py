@@ -37,7 +37,7 @@ def scenario_file(tmp_path: Path, *lines: object) -> Path:
          "a start carries a body; an operator op does not"),
         (({**META, "policy": {"on_answer": "later"}},), 1, "on_answer: Input should be 'complete'"),
         (({**META, "policy": {"timeout": 3}},), 1, "unknown policy key 'timeout'"),
-        (({**META, "platform": "webex"},), 1, "platform: Input should be 'yeastar'"),
+        (({**META, "platform": "asterisk"},), 1, "platform: Input should be 'yeastar' or 'webex'"),
         ((META, {"kind": "expect", "request": {"action": "launch"}}), 2, "request.action: Input should be"),
         ((META, {"kind": "expect", "final": {"transfer": "t1", "state": "done"}}), 2, "final.state: Input"),
         ((META, {"kind": "expect", "max": 1, "final": {"transfer": "t1", "state": "aborted"}}), 2,

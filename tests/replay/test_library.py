@@ -37,6 +37,16 @@ REQUIRED = {
     "garbage-frames-are-skipped",
     "reconnect-lost-answer-reconciled-by-query",
     "fallback-chain-of-three-targets",
+    # Webex (issue 11): nominal, no answer, busy + fallback, swap, duplicates + out of order, 429,
+    # unknown outcome reconciled, an undocumented state that must not abort
+    "webex-nominal",
+    "webex-no-answer",
+    "webex-busy-fallback-answers",
+    "webex-swap-and-swap-back",
+    "webex-duplicated-and-reordered-deliveries",
+    "webex-throttled-429-retried",
+    "webex-complete-outcome-unknown-reconciled",
+    "webex-undocumented-state-does-not-abort",
 }
 
 

@@ -124,9 +124,9 @@ def test_a_failing_disk_stops_recording_but_never_raises() -> None:
     assert rec.lines == 1  # the meta line, nothing after
 
 
-def test_only_yeastar_can_be_recorded() -> None:
-    with pytest.raises(ValueError, match="yeastar platform only, not 'webex'"):
-        Recorder(io.StringIO(), name="x", platform="webex", policy=Policy())
+def test_only_known_platforms_can_be_recorded() -> None:
+    with pytest.raises(ValueError, match="yeastar and webex platforms, not 'asterisk'"):
+        Recorder(io.StringIO(), name="x", platform="asterisk", policy=Policy())
 
 
 def test_tee_hands_every_hook_to_every_observer() -> None:
@@ -145,7 +145,7 @@ def test_tee_hands_every_hook_to_every_observer() -> None:
         def raw_frame(self, text: str, at: float) -> None:
             calls.append(("raw_frame", self.n))
 
-        def pbx_request(self, *args: Any) -> None:
+        def pbx_request(self, *args: Any, **kwargs: Any) -> None:
             calls.append(("pbx_request", self.n))
 
         def reconnect(self) -> None:

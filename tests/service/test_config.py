@@ -181,3 +181,63 @@ def test_cli_bad_arguments_one_line_exit_2(tmp_path: Path, args: tuple[str, ...]
     assert done.returncode == 2
     assert done.stderr.startswith(expected)
     assert done.stderr.count("\n") == 1
+
+
+INTEGRATION = """
+[pbx]
+kind = "webex"
+client_id = "Cintegration"
+webhook_secret = "wx-hook-123"
+"""
+
+
+def test_webex_integration_with_env_secrets(tmp_path: Path) -> None:
+    env = {"XFERD_PBX_CLIENT_SECRET": "env-client-secret", "XFERD_PBX_REFRESH_TOKEN": "env-refresh"}
+    (pbx,) = load(write(tmp_path, INTEGRATION), env).pbx
+    assert pbx.kind == "webex" and pbx.oauth and pbx.access_token is None
+    assert pbx.client_secret is not None and pbx.refresh_token is not None
+    assert pbx.refresh_token.get_secret_value() == "env-refresh"
+    # the refresh token may come from the store instead (xferd webex authorize)
+    config = load(write(tmp_path, INTEGRATION), {"XFERD_PBX_CLIENT_SECRET": "s"})
+    assert config.pbx[0].kind == "webex" and config.pbx[0].refresh_token is None  # type: ignore[union-attr]
+    assert "env-client-secret" not in repr(config)
+
+
+def test_an_integration_in_one_of_several_pbxs_is_named_by_its_entry(tmp_path: Path) -> None:
+    text = INTEGRATION.replace("[pbx]", '[[pbx]]\nname = "globex"') + WEBEX.replace(
+        "[pbx]", '[[pbx]]\nname = "acme"'
+    )
+    assert error_of(tmp_path, text, {}) == (
+        "[pbx.globex].client_secret: required with client_id (or env XFERD_PBX_CLIENT_SECRET)"
+    )
+    env = {"XFERD_PBX_GLOBEX_CLIENT_SECRET": "s", "XFERD_PBX_GLOBEX_REFRESH_TOKEN": "r"}
+    globex = load(write(tmp_path, text), env).pbx_named("globex")
+    assert globex is not None and globex.kind == "webex" and globex.refresh_token is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "env", "problem"),
+    [
+        (
+            INTEGRATION,
+            {"XFERD_PBX_CLIENT_SECRET": "s", "XFERD_PBX_ACCESS_TOKEN": "a"},
+            "[pbx].access_token: give either access_token or an integration's client_id/client_secret, "
+            "not both (also set: client_id, client_secret)",
+        ),
+        (INTEGRATION, {}, "[pbx].client_secret: required with client_id (or env XFERD_PBX_CLIENT_SECRET)"),
+        (
+            WEBEX.replace('access_token = "wx-access-123"', ""),
+            {},
+            "[pbx].access_token: required (or an integration's client_id and client_secret)",
+        ),
+        (
+            WEBEX.replace('access_token = "wx-access-123"', 'refresh_token = "r-123"'),
+            {},
+            "[pbx].client_id: required with refresh_token",
+        ),
+    ],
+)
+def test_webex_authentication_mistakes_name_the_key(
+    tmp_path: Path, text: str, env: dict[str, str], problem: str
+) -> None:
+    assert error_of(tmp_path, text, env) == problem

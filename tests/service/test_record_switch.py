@@ -15,8 +15,10 @@ import httpx
 from adapters.replay import read, replay
 from adapters.service.config import load
 from adapters.service.server import Service
+from adapters.webex import WebexSimulator
 from adapters.yeastar.simulator import PbxSimulator, Phone, SimConfig
 from tests.service.conftest import API_TOKEN, write_config
+from tests.webex.conftest import webex_config
 
 
 async def test_service_records_a_run_that_replays_to_the_same_decisions(tmp_path: Path) -> None:
@@ -56,3 +58,49 @@ async def test_service_records_a_run_that_replays_to_the_same_decisions(tmp_path
     report = replay(read(tmp_path / "incident.jsonl"))
     assert report.passed, report.details()
     assert [made.request.action for made in report.made] == ["start", "complete"]
+
+
+async def test_service_records_a_webex_run_from_its_webhooks(tmp_path: Path) -> None:
+    """Webex: the deliveries the control API received (signature checked, then
+    stored: the secret is in no body), the call-control answers and the
+    snapshots make a scenario that replays to the same decisions."""
+    sim = WebexSimulator()
+    await sim.start()
+    try:
+        path = webex_config(
+            tmp_path / "xferd.toml", sim, tmp_path / "s.db", extra_pbx={"user_number": sim.user_number}
+        )
+        path.write_text(path.read_text() + '[record]\npath = "incident.jsonl"\n')
+        env = {"XFERD_PBX_ACCESS_TOKEN": sim.access_token, "XFERD_WEBHOOK_SECRET": sim.webhook_secret}
+        service = Service(load(path, env))
+        await service.start()
+        try:
+            sim.deliver_to(service.base_url + "/v1/webhooks/webex")
+            sim.set_party("+15553000001", answer_after=0.1)
+            original = sim.incoming_call("+15552000001")
+            await sim.wait_for(lambda: service.runtime.engine.registry.leg(original) is not None)
+            async with httpx.AsyncClient(
+                base_url=service.base_url, headers={"Authorization": f"Bearer {API_TOKEN}"}
+            ) as client:
+                created = await client.post(
+                    "/v1/transfers", json={"channel_id": original, "number": "+15553000001"}
+                )
+                assert created.status_code == 201, created.text
+                await sim.wait_for(lambda: sim.calls() == [])
+                await sim.drained()
+                transfer = (await client.get(f"/v1/transfers/{created.json()['id']}")).json()
+                assert transfer["state"] == "completed"
+        finally:
+            await service.stop()
+    finally:
+        await sim.stop()
+
+    text = (tmp_path / "incident.jsonl").read_text()
+    for secret in (sim.access_token, sim.webhook_secret, API_TOKEN):
+        assert secret not in text
+    scenario = read(tmp_path / "incident.jsonl")
+    assert scenario.meta.platform == "webex" and scenario.meta.pbx["user_number"] == sim.user_number
+    report = replay(scenario)
+    assert report.passed, report.details()
+    assert [made.request.action for made in report.made] == ["start", "complete"]
+    assert report.frames >= 6  # the deliveries: ringing, connected, held, the consultation's, the ends

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
+import stat
 import subprocess
 import sys
 import textwrap
@@ -12,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from adapters.service.store import SqliteStore, StoreError
+from adapters.service.store import SqliteStore, StoredCredentials, StoreError
 
 
 def resource(transfer_id: str, state: str, created: str) -> dict[str, Any]:
@@ -134,3 +136,36 @@ async def test_audit_entries_newest_first_and_filtered(tmp_path: Path) -> None:
     assert [e["at"] for e in await store.audit_list(10, actor="ann")] == ["t2", "t0"]
     assert [e["at"] for e in await store.audit_list(10, transfer_id="y")] == ["t2", "t1"]
     assert (await store.audit_list(1))[0]["actor"] == "ann"
+
+
+async def test_credentials_per_pbx_and_kind_and_a_private_file(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite3"
+    store = SqliteStore(path)
+    try:
+        assert await store.credentials_get("default", "webex_oauth") is None
+        await store.credentials_put("default", "webex_oauth", {"refresh_token": "r1", "seed": None})
+        await store.credentials_put("other", "webex_oauth", {"refresh_token": "r2"})
+        await store.credentials_put("default", "webex_oauth", {"refresh_token": "r3", "seed": None})
+        assert await store.credentials_get("default", "webex_oauth") == {"refresh_token": "r3", "seed": None}
+        assert await store.credentials_get("other", "webex_oauth") == {"refresh_token": "r2"}
+        assert await store.credentials_get("default", "yeastar_tokens") is None
+    finally:
+        store.close()
+    # the store created the file: it holds secrets, so only its owner may read it
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    again = SqliteStore(path)  # and a restart reads the newest value
+    try:
+        credentials = StoredCredentials(again, "default", "webex_oauth")
+        assert await credentials.load() == {"refresh_token": "r3", "seed": None}
+        await credentials.save({"refresh_token": "r4"})
+        assert await again.credentials_get("default", "webex_oauth") == {"refresh_token": "r4"}
+    finally:
+        again.close()
+
+
+def test_an_existing_file_keeps_its_mode(tmp_path: Path) -> None:
+    path = tmp_path / "shared.sqlite3"
+    SqliteStore(path).close()
+    os.chmod(path, 0o640)  # the admin chose this; the store does not second-guess it
+    SqliteStore(path).close()
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o640

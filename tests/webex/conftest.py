@@ -15,12 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from adapters.webex import WEBHOOK_PATH, LoopbackServer, WebexAdapter, WebexSimulator
+from adapters.webex import WEBHOOK_PATH, WebexAdapter, WebexSimulator, WebhookReceiver
 from engine.model import CallEnded, CallFailed, CallUpdated, Event, Member
 from tests.service.conftest import API_TOKEN, XFERD, ApiClient, until_http
 from tests.support import RecordingObserver
@@ -68,33 +64,6 @@ class Sink:
 
     async def wait_last(self, call_id: str, statuses: tuple[str, ...], timeout: float = 5.0) -> None:  # noqa: ASYNC109
         await self.wait_for(lambda: self.last(call_id) == statuses, timeout)
-
-
-class WebhookReceiver:
-    """The control API's ``POST /v1/webhooks/webex`` alone, forwarding to the adapter under test."""
-
-    def __init__(self) -> None:
-        self.adapter: WebexAdapter | None = None
-        self._server = LoopbackServer(
-            Starlette(routes=[Route(WEBHOOK_PATH, self._receive, methods=["POST"])])
-        )
-
-    async def _receive(self, request: Request) -> Response:
-        assert self.adapter is not None
-        status = await self.adapter.handle_webhook(
-            await request.body(), request.headers.get("x-spark-signature")
-        )
-        return Response(status_code=status)
-
-    async def start(self) -> None:
-        await self._server.start()
-
-    async def stop(self) -> None:
-        await self._server.stop()
-
-    @property
-    def public_url(self) -> str:
-        return f"http://127.0.0.1:{self._server.port}"
 
 
 MakeAdapter = Callable[..., Awaitable[WebexAdapter]]
@@ -200,10 +169,21 @@ def free_loopback_port() -> int:
 class WebexXferd(ApiClient):
     """One ``xferd run`` subprocess on Webex: its JSON log lines, its API, signals."""
 
-    def __init__(self, config: Path, sim: WebexSimulator, *, access_token: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Path,
+        sim: WebexSimulator,
+        *,
+        access_token: str | None = None,
+        refresh_token: str | None = None,
+    ) -> None:
+        """``refresh_token``: run as an integration (the config names ``client_id``;
+        its secret and this refresh token come from the environment) instead of
+        with the simulator's static access token."""
         self.config = config
         self.sim = sim
         self.access_token = access_token if access_token is not None else sim.access_token
+        self.refresh_token = refresh_token
         self.lines: list[str] = []
         self.port = 0
         self.proc: asyncio.subprocess.Process | None = None
@@ -212,10 +192,13 @@ class WebexXferd(ApiClient):
         self._reader: asyncio.Task[None] | None = None
 
     def env(self) -> dict[str, str]:
-        return {
-            **os.environ,
-            "XFERD_PBX_ACCESS_TOKEN": self.access_token,
-            "XFERD_WEBHOOK_SECRET": self.sim.webhook_secret,
+        env = {**os.environ, "XFERD_WEBHOOK_SECRET": self.sim.webhook_secret}
+        if self.refresh_token is None:
+            return env | {"XFERD_PBX_ACCESS_TOKEN": self.access_token}
+        env = {key: value for key, value in env.items() if key != "XFERD_PBX_ACCESS_TOKEN"}
+        return env | {
+            "XFERD_PBX_CLIENT_SECRET": self.sim.client_secret,
+            "XFERD_PBX_REFRESH_TOKEN": self.refresh_token,
         }
 
     async def start(self, *, deliver: bool = True) -> WebexXferd:

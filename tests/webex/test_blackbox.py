@@ -432,6 +432,28 @@ async def test_extension_resolves_the_single_connected_call(xf: WebexXferd) -> N
 # -- what the network does to deliveries and requests -------------------------------------------
 
 
+async def test_an_undocumented_state_is_counted_and_decides_nothing(xf: WebexXferd) -> None:
+    """The consultation reports a combination the reference does not name while
+    the target rings: the target stays ringing (never taken for gone), the
+    metric counts it, one log line names the call; the answer completes."""
+    metric = 'xferd_unmapped_states_total{personality="originator",state="alerting"}'
+    before = await xf.metric(metric)
+    transfer_id, _, mark = await start(xf, party(xf.sim, NEVER), no_answer_timeout_s=30)
+    consult = consult_of(await xf.state(transfer_id, "consulting", "ringing"))
+    xf.sim.report(consult, "alerting", personality="originator")
+    await xf.sim.drained()
+    assert await xf.metric(metric) == before + 1
+    assert (await xf.get(f"/v1/transfers/{transfer_id}")).json()["target"]["status"] == "ringing"
+    logged = [
+        r for r in xf.logs() if r.get("event") == "webex_unmapped_state" and r.get("call_id") == consult
+    ]
+    assert len(logged) == 1
+    xf.sim.report(consult, "connected", personality="clickToDial")
+    final = await xf.final(transfer_id)
+    assert (final["state"], final["reason"]) == ("completed", "policy")
+    assert len(transfers(xf.sim, mark)) == 1
+
+
 async def test_duplicated_and_reordered_deliveries(xf: WebexXferd) -> None:
     """Every delivery twice, and each pair swapped: still one transfer request;
     the copies and the overtaken deliveries are counted, never applied."""

@@ -9,10 +9,13 @@ from typing import Any
 import pytest
 
 from adapters.webex.events import (
+    DOCUMENTED,
     NOT_ANSWERED,
+    Legs,
     WebexCall,
     call_ended,
     call_id_of,
+    call_legs,
     call_members,
     engine_legs,
     parse_calls,
@@ -20,6 +23,7 @@ from adapters.webex.events import (
     remote_channel,
 )
 from engine.model import CallEnded, CallFailed, Member
+from tests.webex.conftest import statuses
 
 USER = "+15550001000"
 
@@ -75,43 +79,101 @@ def test_real_delivery_maps_to_an_answered_inbound_call() -> None:
     assert call.event_seconds is not None and call.was_answered
 
 
-@pytest.mark.parametrize(
-    ("state", "personality", "expected"),
-    [
-        ("connecting", "clickToDial", ("ALERT", "RING")),
-        ("connecting", "originator", ("ALERT", "RING")),
-        ("alerting", "terminator", ("RING", "ALERT")),
-        ("connected", "clickToDial", ("ANSWERED", "ANSWER")),
-        ("connected", "terminator", ("ANSWER", "ANSWERED")),
-        ("held", "clickToDial", ("HOLD", "HOLD")),
-        ("held", "terminator", ("HOLD", "HOLD")),
-        ("remoteHeld", "originator", ("HOLD", "ANSWER")),
-        ("remoteHeld", "terminator", ("HOLD", "ANSWERED")),
-    ],
-)
-def test_state_table(state: str, personality: str, expected: tuple[str, str]) -> None:
-    members = call_members(make_call(state, personality), USER)
+#: Every combination the reference names: (state, personality) -> (user's leg, remote leg or None).
+DOCUMENTED_TABLE = [
+    ("connecting", "originator", ("ALERT", "RING")),
+    ("connecting", "clickToDial", ("ALERT", "RING")),
+    ("alerting", "terminator", ("RING", "ALERT")),
+    ("alerting", "clickToDial", ("RING", None)),
+    ("connected", "originator", ("ANSWERED", "ANSWER")),
+    ("connected", "clickToDial", ("ANSWERED", "ANSWER")),
+    ("connected", "terminator", ("ANSWER", "ANSWERED")),
+    ("held", "originator", ("HOLD", "HOLD")),
+    ("held", "clickToDial", ("HOLD", "HOLD")),
+    ("held", "terminator", ("HOLD", "HOLD")),
+    ("remoteHeld", "originator", ("HOLD", "ANSWER")),
+    ("remoteHeld", "clickToDial", ("HOLD", "ANSWER")),
+    ("remoteHeld", "terminator", ("HOLD", "ANSWERED")),
+]
+#: Combinations real clouds send that the reference does not name.
+UNDOCUMENTED = [
+    ("alerting", "originator"),  # an outgoing call whose far end rings
+    ("connecting", "terminator"),
+    ("connected", ""),  # no personality
+    ("connected", "forwarded"),  # a personality the reference does not list
+    ("parked", "terminator"),  # a state the reference does not list
+    ("earlyMedia", "clickToDial"),
+    ("", "originator"),
+]
+
+
+def test_the_table_is_the_reference_and_nothing_else() -> None:
+    assert {(state, personality) for state, personality, _ in DOCUMENTED_TABLE} == set(DOCUMENTED)
+
+
+@pytest.mark.parametrize(("state", "personality", "expected"), DOCUMENTED_TABLE)
+def test_documented_combination(state: str, personality: str, expected: tuple[str, str | None]) -> None:
+    call = make_call(state, personality)
+    members = call_members(call, USER)
     assert members is not None
-    assert tuple(m.status for m in members) == expected
-    user, remote = members
-    assert (user.kind, user.channel_id, user.number) == ("extension", "C1", USER)
-    assert remote.kind == ("inbound" if personality == "terminator" else "outbound")
-    assert (remote.channel_id, remote.number) == ("C1/remote", "+15550003000")
+    user = members[0]
+    assert (user.kind, user.channel_id, user.number, user.status) == ("extension", "C1", USER, expected[0])
+    if expected[1] is None:
+        assert len(members) == 1
+    else:
+        remote = members[1]
+        assert remote.kind == ("inbound" if personality == "terminator" else "outbound")
+        assert (remote.channel_id, remote.number, remote.status) == ("C1/remote", "+15550003000", expected[1])
+    # the same, whatever was shown before (a documented combination is never "kept")
+    for previous in (None, call_legs(make_call("connecting", "originator"), USER).members):
+        legs = call_legs(call, USER, previous)
+        if expected[1] is None and previous is not None:
+            continue  # "nothing dialled yet" cannot be true of a dialled call: see below
+        assert legs == Legs(members)
 
 
-def test_click_to_dial_ringing_the_user_has_no_remote_leg_yet() -> None:
-    members = call_members(make_call("alerting", "clickToDial"), USER)
-    assert members == (Member("extension", USER, "C1", "RING"),)
+@pytest.mark.parametrize(("state", "personality"), UNDOCUMENTED)
+def test_undocumented_combination_keeps_the_legs_as_they_were(state: str, personality: str) -> None:
+    for before in ("connecting", "connected", "held"):
+        previous = call_legs(make_call(before, "clickToDial"), USER).members
+        legs = call_legs(make_call(state, personality), USER, previous)
+        assert legs == Legs(previous, unmapped=True)
+    assert call_members(make_call(state, personality), USER) is None
 
 
-@pytest.mark.parametrize("state", ["disconnected", "parked", ""])
-def test_states_without_legs_are_not_guessed(state: str) -> None:
-    assert call_members(make_call(state, "originator"), USER) is None
+@pytest.mark.parametrize(("state", "personality"), UNDOCUMENTED)
+def test_undocumented_combination_of_a_new_call_shows_it_ringing(state: str, personality: str) -> None:
+    outgoing = personality in ("originator", "clickToDial")
+    legs = call_legs(make_call(state, personality), USER)
+    assert legs.unmapped
+    assert statuses(legs.members) == (("ALERT", "RING") if outgoing else ("RING", "ALERT"))
+    dialled = call_legs(make_call(state, personality), USER, dialled=True)
+    if personality != "terminator":  # a call the adapter dialled is outgoing whatever it reports
+        assert statuses(dialled.members) == ("ALERT", "RING")
+        assert dialled.members[1].kind == "outbound"
+
+
+def test_a_dialled_call_never_loses_its_remote_leg() -> None:
+    """The guess this table replaced: click-to-dial ``alerting`` read as "nothing
+    dialled yet" made a ringing target's leg vanish — an abort on a guess."""
+    ringing = call_legs(make_call("connecting", "clickToDial"), USER).members
+    legs = call_legs(make_call("alerting", "clickToDial"), USER, ringing)
+    assert legs == Legs(ringing, unmapped=True)
+    assert engine_legs(legs.members) == (ringing[1], ringing[0])
+    # before anything was dialled, the documented meaning holds: the user's device rings
+    assert call_legs(make_call("alerting", "clickToDial"), USER) == Legs(
+        (Member("extension", USER, "C1", "RING"),)
+    )
 
 
 def test_private_remote_party_has_empty_number() -> None:
     call = WebexCall.model_validate(
-        {"callId": "C9", "state": "connected", "remoteParty": {"privacyEnabled": True}}
+        {
+            "callId": "C9",
+            "state": "connected",
+            "personality": "terminator",
+            "remoteParty": {"privacyEnabled": True},
+        }
     )
     members = call_members(call, USER)
     assert members is not None and members[1].number == ""
@@ -167,6 +229,6 @@ def test_engine_gets_the_remote_leg_first_and_nothing_before_dialling() -> None:
     """The engine takes the first new leg of a consult call for the target."""
     members = call_members(make_call("connecting", "clickToDial"), USER)
     assert members is not None
-    assert engine_legs(make_call("connecting", "clickToDial"), USER) == (members[1], members[0])
-    assert engine_legs(make_call("alerting", "clickToDial"), USER) == ()
-    assert engine_legs(make_call("parked", "clickToDial"), USER) is None
+    assert engine_legs(members) == (members[1], members[0])
+    not_dialled = call_members(make_call("alerting", "clickToDial"), USER)
+    assert not_dialled is not None and engine_legs(not_dialled) == ()

@@ -94,16 +94,43 @@ async def test_signed_garbage_is_counted_and_acknowledged(
         b"{oops",
         json.dumps({"resource": "messages", "data": {"id": "m1"}}).encode(),
         json.dumps({"resource": "telephony_calls", "data": {"state": "connected"}}).encode(),
-        delivery("C1", "parked", 1),
     ]
     for body in bodies:
         assert await adapter.handle_webhook(body, sign(body)) == 204
-    assert observer.bad_reasons() == ["bad_json", "wrong_resource", "bad_call_data", "unknown_state"]
+    assert observer.bad_reasons() == ["bad_json", "wrong_resource", "bad_call_data"]
     assert len(sink.events) == before
     # The stream goes on after garbage.
     good = delivery("C1", "connecting", 2)
     assert await adapter.handle_webhook(good, sign(good)) == 204
     assert sink.history("C1") == [RINGING]
+
+
+async def test_unmapped_states_keep_the_legs_and_are_counted(
+    make_adapter: MakeAdapter, sink: Sink, observer: RecordingObserver
+) -> None:
+    """A live call never loses a leg to a state the reference does not name:
+    the target rings on, whatever the cloud calls it, until it answers."""
+    adapter = await bare_adapter(make_adapter)
+    bodies = [
+        delivery("C1", "connecting", 1),
+        delivery("C1", "alerting", 2),  # after dialling: not "the user's device rings"
+        delivery("C1", "alerting", 3, personality="originator"),
+        delivery("C1", "parked", 4),
+        delivery("C1", "parked", 5),  # the same again: counted once
+        delivery("C1", "connected", 6),
+        delivery("C2", "earlyMedia", 7),  # never seen before: ringing
+    ]
+    for body in bodies:
+        assert await adapter.handle_webhook(body, sign(body)) == 204
+    assert sink.history("C1") == [RINGING, ANSWERED]
+    assert sink.history("C2") == [RINGING]
+    assert observer.unmapped == [
+        ("alerting", "clickToDial"),
+        ("alerting", "originator"),
+        ("parked", "clickToDial"),
+        ("earlyMedia", "clickToDial"),
+    ]
+    assert observer.bad_reasons() == []
 
 
 async def test_duplicates_and_late_deliveries_apply_once_in_order(
@@ -211,3 +238,30 @@ async def test_click_to_dial_ringing_the_user_is_shown_only_once_dialled(
     dropped = delivery("C2", "disconnected", 2)
     assert await adapter.handle_webhook(dropped, sign(dropped)) == 204
     assert sink.history("C2") == [("FAILED",), ("ENDED",)]
+
+
+async def test_a_named_pbx_registers_its_own_webhook_path(sim: WebexSimulator, sink: Sink) -> None:
+    """With several PBXs, each Webex one has its own path on the control API
+    (``/v1/webhooks/webex/<name>``): that is the URL it registers."""
+    from adapters.service.config import WebexPbx
+    from adapters.service.server import build_adapter
+
+    for name, path in (("default", "/v1/webhooks/webex"), ("globex", "/v1/webhooks/webex/globex")):
+        pbx = WebexPbx.model_validate(
+            {
+                "kind": "webex",
+                "name": name,
+                "base_url": sim.base_url,
+                "access_token": sim.access_token,
+                "webhook_secret": sim.webhook_secret,
+                "public_url": "https://xferd.example.com",
+            }
+        )
+        adapter = build_adapter(pbx, RecordingObserver())
+        await adapter.start(sink)
+        try:
+            assert [hook["targetUrl"] for hook in sim.webhooks.values()] == [
+                "https://xferd.example.com" + path
+            ]
+        finally:
+            await adapter.close()
