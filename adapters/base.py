@@ -9,9 +9,10 @@ protocol, so the same engine and control API drive every platform.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, TypeAlias
 
-from engine.model import CallsSnapshot, Event, PbxRequest, RequestFinished
+from engine.model import CallsSnapshot, Event, MonitorMode, Outcome, PbxRequest, RequestFinished
 
 #: Where an adapter delivers engine events, in arrival order.  Called from
 #: the event loop's thread; must not block.
@@ -63,12 +64,72 @@ class Observer:
         """The PBX link went up or down; ``detail`` says why, for /healthz."""
 
 
+#: Supervisor call actions a platform may support; each it supports is listed in
+#: its ``capabilities`` (``parked``: listing parked calls).
+CALL_ACTIONS = ("listen", "whisper", "barge", "park", "parked", "retrieve", "hangup")
+CallActionKind: TypeAlias = Literal["monitor", "park", "parked", "retrieve", "hangup"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallAction:
+    """A supervisor's action on a call — not a transfer decision (see ``engine.supervision``).
+
+    * ``monitor``: extension ``extension`` listens to / whispers to / barges into
+      (``mode``) leg ``channel_id`` (Webex: the colleague ``target`` instead);
+    * ``park``: park leg ``channel_id`` (the parked party), in ``slot`` if given;
+    * ``parked``: list the parked calls;
+    * ``retrieve``: extension ``extension`` picks up the call parked in ``slot``;
+    * ``hangup``: hang up leg ``channel_id`` (a leg no active transfer holds).
+    """
+
+    kind: CallActionKind
+    channel_id: str | None = None
+    extension: str | None = None
+    mode: MonitorMode | None = None
+    slot: str | None = None
+    target: str | None = None
+    auto_answer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedCall:
+    """One parked call: in ``slot``, the party ``parked_party`` (leg ``channel_id``),
+    parked by ``parker``, for ``parked_s`` seconds (None: not said)."""
+
+    slot: str
+    channel_id: str
+    parked_party: str
+    parker: str
+    parked_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """How a :class:`CallAction` ended; ``outcome`` as for transfer requests.
+
+    ``errcode``/``errmsg`` carry a refusal (the PBX's errcode, Webex's HTTP
+    status); ``invalid`` the request fields the PBX named as invalid
+    (Yeastar ``invalid_param_list``); ``call_id`` / ``slot`` / ``parked``
+    what a successful action answered.
+    """
+
+    outcome: Outcome
+    errcode: int | None = None
+    errmsg: str = ""
+    call_id: str | None = None
+    slot: str | None = None
+    parked: tuple[ParkedCall, ...] = ()
+    invalid: tuple[str, ...] = ()
+    #: False when the request never left because the decision could not be recorded first
+    sent: bool = True
+
+
 class PbxAdapter(Protocol):
     """What the runtime needs from a platform."""
 
     #: ``"yeastar"`` or ``"webex"``
     platform: str
-    #: subset of ``("blind", "attended", "swap", "threeway")``
+    #: subset of ``("blind", "attended", "swap", "threeway")`` and :data:`CALL_ACTIONS`
     capabilities: tuple[str, ...]
 
     @property
@@ -97,6 +158,11 @@ class PbxAdapter(Protocol):
 
     async def query_calls(self) -> CallsSnapshot | None:
         """The PBX's current calls, or None if it cannot be asked now."""
+
+    async def act(self, action: CallAction) -> ActionResult:
+        """Perform a supervisor's call action.  Never raises for PBX-side
+        trouble (as :meth:`execute`); an action the platform lacks (not in
+        ``capabilities``) is ``refused`` with a sentence saying so."""
 
     async def close(self) -> None:
         """Stop background tasks, close the link, revoke credentials."""

@@ -34,7 +34,11 @@ if TYPE_CHECKING:
     from adapters.service.server import Service
 
 ROOT = Path(__file__).resolve().parent.parent
-API_MODULES = sorted((ROOT / "adapters" / "service").glob("api*.py"))
+#: The route modules, and the module their supervisor actions feed the engine through.
+API_MODULES = [
+    *sorted((ROOT / "adapters" / "service").glob("api*.py")),
+    ROOT / "adapters" / "service" / "call_actions.py",
+]
 ENGINE_MODULES = sorted((ROOT / "engine").glob("*.py"))
 
 #: What a caller should make of each error code (the detail sentences say the rest).
@@ -43,12 +47,13 @@ MEANINGS = {
     "forbidden": "The token's user has a role below what the request needs; the detail names both.",
     "invalid_json": "The body is not JSON.",
     "invalid_request": "A field is missing, unknown or out of range; the detail names it.",
-    "not_found": "No such transfer, operation or path.",
+    "not_found": "No such transfer, operation, path, call leg (`channel_id`) or parked call.",
     "method_not_allowed": "The path exists but not with this HTTP method.",
     "too_large": "The request is too large.",
     "not_allowed": "The operation does not fit the transfer's state (or the platform); the detail names "
     "the state and the operations it allows. Nothing changed.",
-    "transfer_in_progress": "That call already has an active transfer: operate it instead.",
+    "transfer_in_progress": "That call already has an active transfer: operate it instead (to park one of "
+    "its legs, abort it first).",
     "no_active_call": "The extension has no call the service tracks.",
     "ambiguous": "The extension has several calls and none is clearly the one talking: name the call "
     "by `channel_id`.",
@@ -72,6 +77,11 @@ EXAMPLE_BODIES: dict[tuple[str, str], dict[str, Any]] = {
         "number": "5503301",
         "policy": {"no_answer_timeout_s": 15, "fallback_numbers": ["2008"]},
     },
+    ("POST", "/v1/calls/{channel_id}/monitor"): {"mode": "listen", "monitor": "2001"},
+    ("POST", "/v1/calls/monitor"): {"mode": "barge", "monitor": "2001", "extension": "2005"},
+    ("POST", "/v1/calls/park"): {"extension": "2005"},
+    ("POST", "/v1/calls/hangup"): {"extension": "2005"},
+    ("POST", "/v1/parked/{slot}/retrieve"): {"extension": "2008"},
 }
 
 
@@ -373,7 +383,13 @@ def _curl(method: str, path: str, role: str | None, body: dict[str, Any] | None)
 
 
 def _example_path(path: str) -> str:
-    return path.replace("{transfer_id}", "$ID").replace("{op}", "complete").replace("{pbx}", "globex")
+    return (
+        path.replace("{transfer_id}", "$ID")
+        .replace("{op}", "complete")
+        .replace("{pbx}", "globex")
+        .replace("{channel_id}", "PJSIP/2005-00000114")
+        .replace("{slot}", "6000")
+    )
 
 
 def _error_rows(rows: list[Raised]) -> list[str]:
@@ -450,7 +466,7 @@ def _route(
     schema: dict[str, Any],
     components: dict[str, Any],
 ) -> list[str]:
-    path = route.path
+    path = route.path_format  # as the schema writes it: ``{channel_id:path}`` → ``{channel_id}``
     operation = schema["paths"].get(path, {}).get(method.lower(), {})
     role = route_role(route)
     lines = [f"## `{method} {path}`", ""]

@@ -29,7 +29,11 @@ from engine.model import (
     CallUpdated,
     Command,
     Event,
+    HangupRequested,
+    MonitorAnswered,
+    MonitorRequested,
     OperatorRequested,
+    ParkRequested,
     Policy,
     QueryCalls,
     RequestFinished,
@@ -41,6 +45,7 @@ from engine.model import (
 )
 from engine.registry import CallRegistry, Leg, LegChange, shrinkable
 from engine.rules import TIMER_PREFIX, RuleEngine
+from engine.supervision import Monitors, supervise
 from engine.transfer import Transfer
 
 _NON_DIGITS = re.compile(r"[^0-9]")
@@ -95,6 +100,8 @@ class Engine:
         self._peak = 0  # most transfers held at once since the indexes were last rebuilt
         #: Routing rules fed by the same events (engine.rules); None: no rules file.
         self.rules: RuleEngine | None = None
+        #: Supervisors' monitor legs, kept out of transfers and rules (engine.supervision).
+        self.monitors = Monitors(self.registry)
 
     # ------------------------------------------------------------------
     # the one entry point
@@ -105,7 +112,9 @@ class Engine:
         calls_out: list[Command] = []
         changes: list[LegChange] = []
         if isinstance(event, (CallUpdated, CallEnded, CallFailed, CallsSnapshot)):
-            changes = self.registry.apply(event)
+            all_changes = self.registry.apply(event)
+            # Monitor legs are shown in calls but never routed to transfers or rules.
+            changes = self.monitors.observe(event.at, all_changes)
             if isinstance(event, CallsSnapshot):
                 self._snapshot(event.at, changes, touched)
             else:
@@ -113,11 +122,11 @@ class Engine:
                 if isinstance(event, CallFailed):
                     self._failed(event, touched)
             calls = self.registry.calls
-            if len(changes) == 1:  # the common case: one leg of one call changed
-                call_id = changes[0].call_id
+            if len(all_changes) == 1:  # the common case: one leg of one call changed
+                call_id = all_changes[0].call_id
                 calls_out.append(CallChanged(call_id, ended=call_id not in calls))
             else:
-                for call_id in dict.fromkeys([change.call_id for change in changes]):
+                for call_id in dict.fromkeys([change.call_id for change in all_changes]):
                     calls_out.append(CallChanged(call_id, ended=call_id not in calls))
         elif isinstance(event, TransferRequested):
             transfer = self._create(event)
@@ -137,6 +146,10 @@ class Engine:
             found = self._transfers.get(event.transfer_id)
             if found is not None:
                 found.timer(event.at, event.timer)
+                touched[found.id] = found
+        elif isinstance(event, (MonitorRequested, MonitorAnswered, HangupRequested, ParkRequested)):
+            found = supervise(self, event)
+            if found is not None:
                 touched[found.id] = found
         # Call changes first: a timeline then reads cause before effect.
         out = calls_out + self._collect(touched) if touched else calls_out
@@ -378,6 +391,7 @@ class Engine:
         if (
             channel in (transfer.transferor_channel, transfer.transferee_channel)
             or channel in self._by_channel
+            or channel in self.monitors.legs  # a supervisor listening in is nobody's target
         ):
             return False
         if change.kind == "extension" and change.number == (transfer.transferor_number or ""):

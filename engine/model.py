@@ -228,6 +228,62 @@ class RuleAnswered:
     error: str = ""
 
 
+# Supervisor call actions (engine.supervision): not transfer decisions, but the engine
+# must know of them so monitor legs stay out of transfers and a transfer's legs are
+# hung up or parked only through (or not at all past) the transfer.
+
+MonitorMode: TypeAlias = Literal["listen", "whisper", "barge"]
+MONITOR_MODES: tuple[MonitorMode, ...] = ("listen", "whisper", "barge")
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorRequested:
+    """The service is about to ask the PBX to let extension ``monitor`` listen to,
+    whisper to or barge into leg ``channel_id`` (Yeastar ``call/listen``).
+
+    Fed *before* the request leaves: the monitor's own leg may be reported
+    before the PBX's answer.  ``monitor`` is None where the monitor's leg
+    carries no usable number (Webex); ``channel_id`` None where the monitored
+    call is not one the service tracks (Webex barge-in on a colleague).
+    """
+
+    at: float
+    session_id: str
+    monitor: str | None
+    channel_id: str | None
+    mode: MonitorMode = "listen"
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorAnswered:
+    """The PBX's answer to a :class:`MonitorRequested`: ``outcome`` as for
+    :class:`RequestFinished`; ``call_id`` the call id the PBX returned."""
+
+    at: float
+    session_id: str
+    outcome: Outcome
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HangupRequested:
+    """A supervisor asks to hang up leg ``channel_id``.  A leg of an active
+    transfer is hung up by that transfer (its own ``hangup`` request); any
+    other leg is the service's to hang up directly (no command)."""
+
+    at: float
+    channel_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ParkRequested:
+    """A supervisor asks to park leg ``channel_id``: refused while the leg takes
+    part in an active transfer, otherwise no command (the service parks it)."""
+
+    at: float
+    channel_id: str
+
+
 Event: TypeAlias = (
     CallUpdated
     | CallEnded
@@ -238,6 +294,10 @@ Event: TypeAlias = (
     | RequestFinished
     | TimerFired
     | RuleAnswered
+    | MonitorRequested
+    | MonitorAnswered
+    | HangupRequested
+    | ParkRequested
 )
 
 # --------------------------------------------------------------------------

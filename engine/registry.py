@@ -25,6 +25,7 @@ transfer engine reacts to.  It never raises on odd input.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import NamedTuple
 
 from engine.errors import Rejected
@@ -105,6 +106,10 @@ class CallRegistry:
         self._peak = 0  # most legs held at once since the last shrink
         self._tombstone_peak = 0
         self._prune_at = 0.0  # no tombstone expires before this (event time)
+        #: Legs that are nobody's call of their own — a supervisor's monitor legs
+        #: (engine.supervision keeps this mapping) — with the fields their call view
+        #: adds.  They are never another leg's party nor an extension's active call.
+        self.hidden: Mapping[str, Mapping[str, str]] = {}
 
     # -- updates -----------------------------------------------------------
 
@@ -275,20 +280,31 @@ class CallRegistry:
         return self.legs.get(channel_id)
 
     def others_in_call(self, channel_id: str) -> list[Leg]:
-        """The legs sharing a call with ``channel_id`` (not itself)."""
+        """The legs sharing a call with ``channel_id`` (not itself, nor monitor legs)."""
         leg = self.legs.get(channel_id)
         if leg is None:
             return []
-        return [other for other in self.calls.get(leg.call_id, {}).values() if other.channel_id != channel_id]
+        hidden = self.hidden
+        return [
+            other
+            for other in self.calls.get(leg.call_id, {}).values()
+            if other.channel_id != channel_id and other.channel_id not in hidden
+        ]
 
     def active_channel(self, extension: str) -> Leg:
         """The channel of ``extension`` a person means by "its call".
 
         One live leg: that one.  Several: the single talking one (ANSWER or
         ANSWERED — not held, not ringing).  Otherwise the request is
-        ambiguous and the caller must name the channel.
+        ambiguous and the caller must name the channel.  A monitor leg (the
+        extension listening to someone else's call) is never "its call".
         """
-        legs = [leg for leg in self.legs.values() if leg.kind == "extension" and leg.number == extension]
+        hidden = self.hidden
+        legs = [
+            leg
+            for leg in self.legs.values()
+            if leg.kind == "extension" and leg.number == extension and leg.channel_id not in hidden
+        ]
         if not legs:
             raise Rejected("no_active_call", f"extension {extension} has no call the service tracks")
         if len(legs) == 1:
@@ -308,10 +324,24 @@ class CallRegistry:
         legs = self.calls.get(call_id)
         if legs is None:
             return None
-        return {"call_id": call_id, "members": [leg.as_member() for leg in legs.values()]}
+        return {"call_id": call_id, "members": self._members(legs)}
 
     def views(self) -> list[dict[str, object]]:
+        if self.hidden:
+            return [{"call_id": cid, "members": self._members(legs)} for cid, legs in self.calls.items()]
         return [
             {"call_id": cid, "members": [leg.as_member() for leg in legs.values()]}
             for cid, legs in self.calls.items()
         ]
+
+    def _members(self, legs: dict[str, Leg]) -> list[dict[str, str]]:
+        """Members of a call; a monitor leg also says whom it monitors (``monitoring``, ``mode``)."""
+        hidden = self.hidden
+        members = []
+        for leg in legs.values():
+            member = leg.as_member()
+            extra = hidden.get(leg.channel_id)
+            if extra:
+                member.update(extra)
+            members.append(member)
+        return members

@@ -344,6 +344,32 @@ class Transfer:
             self.operator_took_over = True
         return self._request(at, op, then, "operator")
 
+    def hangup_leg(self, at: float, channel_id: str) -> PbxRequest:
+        """A supervisor hangs up one of this transfer's legs (see :mod:`engine.supervision`).
+
+        Sent as this transfer's own ``hangup`` request, so it is never in
+        flight beside another of its requests; once the PBX confirms, the
+        leg's departure is decided as that party hanging up (:meth:`_left`).
+        Raises :class:`Rejected` (409) while a request is in flight or the
+        consultation has not been accepted yet.
+        """
+        if self.pending is not None or self.state == "idle":
+            waiting = self.pending.action if self.pending is not None else "start"
+            raise Rejected(
+                "not_allowed",
+                f"hangup is not allowed: transfer {self.id} is {self.state} and its {waiting} request is "
+                "still awaiting the PBX's answer; try again in a moment",
+            )
+        role = (
+            "target"
+            if channel_id == self.target_channel
+            else "transferor"
+            if channel_id == self.transferor_channel
+            else "transferee"
+        )
+        self._touch(at)
+        return self._request(at, "hangup", ("left", role), "operator", channel_id=channel_id)
+
     def result(self, event: RequestFinished) -> None:
         """The answer to a request of ours."""
         pending = self.pending
@@ -554,10 +580,20 @@ class Transfer:
         elif action == "threeway":
             self._send("join", at, reason)
             self.target_status = "answered"
+        elif outcome == "left":
+            self._left(at, reason)
         elif outcome == "retry":
             self._next_attempt(at, reason)
         else:
             self._finish(at, outcome, reason)
+
+    def _left(self, at: float, role: str) -> None:
+        """A supervisor's hang-up of a leg was carried out: that party has left,
+        exactly as if it had hung up (the chart decides what follows)."""
+        if role == "target":
+            self.note_target(at, "BYE")
+        else:
+            self.party_left(at, role)
 
     def _refused(self, at: float, pending: Pending, *, gone: bool) -> None:
         action, (outcome, reason) = pending.action, pending.then

@@ -87,9 +87,13 @@ class Spec:
 SPECS: list[Spec] = []
 
 
-def scenario(name: str, description: str, **options: Any) -> Callable[[Script], Script]:
+def scenario(
+    name: str, description: str, *, into: list[Spec] | None = None, **options: Any
+) -> Callable[[Script], Script]:
+    """Register a scenario script in ``into`` (this library's :data:`SPECS` by default)."""
+
     def register(script: Script) -> Script:
-        SPECS.append(Spec(name, description, script, **options))
+        (SPECS if into is None else into).append(Spec(name, description, script, **options))
         return script
 
     return register
@@ -1043,18 +1047,20 @@ async def generate(spec: Spec, folder: Path) -> list[str]:
         return []
 
 
-async def main(names: list[str]) -> int:
+async def main(names: list[str], specs: list[Spec] | None = None) -> int:
+    """Record ``names`` (all when empty) of ``specs`` (this library's by default); 1 if one failed."""
+    specs = SPECS if specs is None else specs
     logs.configure("console", logging.WARNING)
 
     def chosen(spec: Spec) -> bool:
         return not names or any(spec.name == name or spec.name.startswith(name) for name in names)
 
-    unknown = {name for name in names if not any(spec.name.startswith(name) for spec in SPECS)}
+    unknown = {name for name in names if not any(spec.name.startswith(name) for spec in specs)}
     if unknown:
         print(f"unknown scenario(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     failed = 0
-    for spec in SPECS:
+    for spec in specs:
         if not chosen(spec):
             continue
         problems = await generate(spec, HERE)

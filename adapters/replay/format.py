@@ -11,6 +11,8 @@ plus what a human expects of it:
 ``control``    an API request: ``start`` a transfer, or an operator op
 ``request``    a PBX HTTP request the service made, with its answer
 ``snapshot``   a reconciliation snapshot (``call/query``) the engine was fed
+``supervise``  a supervisor's call action the engine was told of (monitor,
+               park, hang-up: ``engine.supervision``)
 ``end``        the recording stopped (timers due later never fired)
 ``expect``     an expectation: a PBX ``request``, a ``final`` state, a
                request that must ``never`` be made
@@ -47,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from engine.model import Action, Policy
 from engine.rules import RuleSet
 
-KINDS = ("meta", "frame", "control", "request", "snapshot", "end", "expect", "ask")
+KINDS = ("meta", "frame", "control", "request", "snapshot", "end", "expect", "ask", "supervise")
 
 Offset = Annotated[float, Field(ge=0)]
 Text = Annotated[str, Field(min_length=1)]
@@ -149,6 +151,32 @@ class ControlLine(_Line):
         return self
 
 
+class SuperviseLine(_Line):
+    """A supervisor's call action as the engine received it (see ``engine.supervision``).
+
+    ``monitor``: extension ``monitor`` listens to leg ``channel_id`` in ``mode``
+    (``session`` ties it to the ``call/listen`` answer that follows); ``park`` /
+    ``hangup`` of leg ``channel_id``.  ``rejected``: the engine's refusal code.
+    """
+
+    kind: Literal["supervise"]
+    at: Offset
+    action: Literal["monitor", "park", "hangup"]
+    channel_id: Text | None = None
+    monitor: Text | None = None
+    mode: Literal["listen", "whisper", "barge"] | None = None
+    session: Text | None = None
+    rejected: str | None = None
+
+    @model_validator(mode="after")
+    def _fields(self) -> SuperviseLine:
+        if self.action == "monitor" and (self.session is None or self.mode is None):
+            raise ValueError("a monitor carries a session and a mode")
+        if self.action != "monitor" and self.channel_id is None:
+            raise ValueError(f"a {self.action} names its channel_id")
+        return self
+
+
 class RequestLine(_Line):
     kind: Literal["request"]
     at: Offset
@@ -245,7 +273,7 @@ class ExpectLine(_Line):
         return self
 
 
-Input: TypeAlias = FrameLine | ControlLine | RequestLine | SnapshotLine | AskLine
+Input: TypeAlias = FrameLine | ControlLine | RequestLine | SnapshotLine | AskLine | SuperviseLine
 Line: TypeAlias = Meta | Input | EndLine | ExpectLine
 _LINE: TypeAdapter[Line] = TypeAdapter(Annotated[Line, Field(discriminator="kind")])
 

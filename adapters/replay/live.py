@@ -27,9 +27,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self
 
-from adapters.base import EventSink, Observer, PbxAdapter
+from adapters.base import ActionResult, CallAction, EventSink, Observer, PbxAdapter
 from adapters.replay.format import ExpectLine, FinalExpect, RequestPattern, dump_line
 from adapters.replay.recorder import Recorder, RecordingRuntime
+from adapters.service import call_actions
 from adapters.service.metrics import Metrics
 from adapters.service.store import SqliteStore
 from adapters.webex.adapter import WebexAdapter
@@ -42,6 +43,7 @@ from engine.errors import Rejected
 from engine.model import (
     TALKING_STATUSES,
     CallsSnapshot,
+    MonitorMode,
     Op,
     OperatorRequested,
     PbxRequest,
@@ -86,6 +88,9 @@ class _Staged:
     async def query_calls(self) -> CallsSnapshot | None:
         return await self.inner.query_calls()
 
+    async def act(self, action: CallAction) -> ActionResult:
+        return await self.inner.act(action)
+
     async def close(self) -> None:
         await self.inner.close()
 
@@ -95,6 +100,7 @@ class _Live:
     the recording runtime around the platform's adapter, and the driving."""
 
     platform = ""
+    request_timeout_s = 5.0  # the adapter's; each platform's recording sets its own
 
     def __init__(self, out: Path, *, name: str, description: str, policy: Policy) -> None:
         self.out = out
@@ -195,6 +201,29 @@ class _Live:
         except Rejected as exc:
             return exc.code
         return None
+
+    # -- supervisor call actions: what the control API does (adapters.service.call_actions)
+    async def monitor(self, channel_id: str, monitor: str, mode: MonitorMode = "listen") -> ActionResult:
+        action = CallAction("monitor", channel_id=channel_id, extension=monitor, mode=mode)
+        return await call_actions.monitor(self.runtime, action, leg_number=monitor)
+
+    async def park(self, channel_id: str, slot: str | None = None) -> ActionResult | str:
+        """Park a leg; the engine's refusal code instead when it refused (nothing sent)."""
+        try:
+            return await call_actions.park(self.runtime, CallAction("park", channel_id=channel_id, slot=slot))
+        except Rejected as exc:
+            return exc.code
+
+    async def retrieve(self, slot: str, extension: str) -> ActionResult:
+        action = CallAction("retrieve", extension=extension, slot=slot, auto_answer=True)
+        return await call_actions.act(self.runtime, action)
+
+    async def hangup(self, channel_id: str) -> ActionResult | str:
+        """Hang a leg up as a supervisor; the engine's refusal code instead when it refused."""
+        try:
+            return (await call_actions.hangup(self.runtime, channel_id, self.request_timeout_s + 2))[1]
+        except Rejected as exc:
+            return exc.code
 
     def before(self, action: str, hook: Callable[[PbxRequest], None]) -> None:
         """Run ``hook`` just before the next ``action`` request goes to the PBX."""

@@ -41,12 +41,23 @@ from adapters.replay.format import (
     RequestLine,
     SnapshotLine,
     StartBody,
+    SuperviseLine,
     dump_line,
     frame_line,
 )
 from adapters.service.runtime import Runtime
 from engine.errors import Rejected
-from engine.model import CallsSnapshot, Command, Event, OperatorRequested, Policy, TransferRequested
+from engine.model import (
+    CallsSnapshot,
+    Command,
+    Event,
+    HangupRequested,
+    MonitorRequested,
+    OperatorRequested,
+    ParkRequested,
+    Policy,
+    TransferRequested,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -204,6 +215,23 @@ class Recorder(Observer):
             )  # fmt: skip
         self._write(line)
 
+    def supervise(
+        self, event: MonitorRequested | HangupRequested | ParkRequested, rejected: str | None = None
+    ) -> None:
+        """A supervisor's call action as the engine received it; ``rejected``: its refusal code."""
+        at = self._offset(event.at)
+        if isinstance(event, MonitorRequested):
+            line = SuperviseLine(
+                kind="supervise", at=at, action="monitor", channel_id=event.channel_id, monitor=event.monitor,
+                mode=event.mode, session=event.session_id, rejected=rejected,
+            )  # fmt: skip
+        else:
+            action: Literal["park", "hangup"] = "park" if isinstance(event, ParkRequested) else "hangup"
+            line = SuperviseLine(
+                kind="supervise", at=at, action=action, channel_id=event.channel_id, rejected=rejected
+            )
+        self._write(line)
+
     def snapshot(self, snapshot: CallsSnapshot) -> None:
         """A reconciliation snapshot as the engine received it."""
         calls = [
@@ -247,6 +275,10 @@ class Recorder(Observer):
         self.lines += 1
 
 
+#: What clients ask of the engine (the API, supervisors): recorded with the engine's refusal, if any.
+_CLIENT_EVENTS = (TransferRequested, OperatorRequested, MonitorRequested, HangupRequested, ParkRequested)
+
+
 class RecordingRuntime(Runtime):
     """A :class:`Runtime` that records API requests and snapshots as it feeds them.
 
@@ -263,15 +295,22 @@ class RecordingRuntime(Runtime):
     def feed(self, event: Event) -> list[Command]:
         if isinstance(event, CallsSnapshot):
             self.recorder.snapshot(event)
-        if not isinstance(event, TransferRequested | OperatorRequested):
+        if not isinstance(event, _CLIENT_EVENTS):
             return super().feed(event)
         try:
             commands = super().feed(event)
         except Rejected as exc:
-            self.recorder.control(event, exc.code)
+            self._record(event, exc.code)
             raise
-        self.recorder.control(event)
+        self._record(event)
         return commands
+
+    def _record(self, event: Event, rejected: str | None = None) -> None:
+        """A client's request: an API request (``control``) or a supervisor's action (``supervise``)."""
+        if isinstance(event, TransferRequested | OperatorRequested):
+            self.recorder.control(event, rejected)
+        elif isinstance(event, MonitorRequested | HangupRequested | ParkRequested):
+            self.recorder.supervise(event, rejected)
 
 
 class Tee(Observer):

@@ -61,6 +61,7 @@ from adapters.replay.format import (
     RequestPattern,
     Scenario,
     SnapshotLine,
+    SuperviseLine,
 )
 from adapters.yeastar.frames import (
     DATA_NOT_FOUND,
@@ -83,8 +84,13 @@ from engine.model import (
     CancelTimer,
     Command,
     Event,
+    HangupRequested,
     Member,
+    MonitorAnswered,
+    MonitorRequested,
     OperatorRequested,
+    Outcome,
+    ParkRequested,
     PbxRequest,
     QueryCalls,
     RequestFinished,
@@ -97,6 +103,9 @@ from engine.model import (
 )
 from engine.rules import RuleEngine, RuleSet
 
+#: finished() reads an answer the same way whatever request it answers: for answers to the
+#: supervisor's own requests (call/listen), whose outcome and call id alone are used.
+_ANY_REQUEST = PbxRequest("", "", "hangup", "")
 #: Times closer than this are the same instant (offsets are recorded to the millisecond).
 _EPSILON = 1e-6
 #: How a PBX request is recognised in a recording: (action, channel id, number).
@@ -355,6 +364,14 @@ class Pbx(Protocol):
     def leftovers(self) -> list[str]:
         """Recorded answers to requests the replay never made (divergences)."""
 
+    def supervised(self, index: int, line: SuperviseLine, direct: bool) -> int | None:
+        """The recorded answer to a supervisor's own request after line ``index`` — its monitor
+        request, or (``direct``) the hang-up the service made itself — taken out of what engine
+        requests may claim; None if the recording has none."""
+
+    def outcome(self, line: RequestLine) -> tuple[Outcome, str | None]:
+        """A recorded answer to a supervisor's own request: its outcome and the call id it names."""
+
 
 class _YeastarPbx:
     """Yeastar: stateless frames, one recorded ``call/transfer`` answer per engine request."""
@@ -416,6 +433,24 @@ class _YeastarPbx:
     def leftovers(self) -> list[str]:
         return unclaimed(self.host.scenario.inputs, self.answers.values(), _recorded_text)
 
+    def supervised(self, index: int, line: SuperviseLine, direct: bool) -> int | None:
+        inputs = self.host.scenario.inputs
+        if direct:  # a call/hangup no engine request will claim
+            return take_after(self.answers.get(("hangup", line.channel_id or "", None)), index)
+        return next_answer(
+            inputs,
+            index,
+            lambda found: (
+                found.endpoint == "call/listen"
+                and found.body.get("channel_id") == line.channel_id
+                and found.body.get("monitor") == line.monitor
+            ),
+        )
+
+    def outcome(self, line: RequestLine) -> tuple[Outcome, str | None]:
+        result = finished(line, _ANY_REQUEST, 0.0)
+        return result.outcome, result.call_id
+
 
 # ----------------------------------------------------------------------------------
 # the replay
@@ -456,6 +491,8 @@ class _Replay:
         else:
             self.pbx = _YeastarPbx(self)
         self._rules_setup(rules if rules is not None else scenario.ruleset, dry_run)
+        #: recorded answers to supervisors' own requests → the monitor session (None: a direct hang-up)
+        self.supervised: dict[int, str | None] = {}
 
     # -- driving -----------------------------------------------------------------
     def run(self) -> Report:
@@ -478,6 +515,10 @@ class _Replay:
                 self._snapshot(line, at)
             elif isinstance(line, AskLine):
                 self._ask_line(index, line, at)
+            elif isinstance(line, SuperviseLine):
+                self._supervise(index, line, at)
+            elif self.supervised and index in self.supervised:
+                self._supervised_answer(index, line, at)
             else:
                 self.pbx.request_line(index, line, at)
                 self.drain()
@@ -510,24 +551,70 @@ class _Replay:
             assert line.op != "start"
             event = OperatorRequested(at=at, transfer_id=line.transfer, op=line.op)
             text = f"{line.op} {line.transfer}"
+        self._client(event, text, f"{line.op} {line.transfer}", line.at, line.rejected)
+
+    def _client(
+        self, event: Event, text: str, what: str, offset: float, recorded: str | None
+    ) -> list[Command] | None:
+        """Feed a client's request (API or supervisor) as live: the engine's commands when it
+        accepted it, None when it refused.  Accepted in one and refused in the other (or refused
+        with another code) is a divergence."""
+        at = event.at
         self.at = at
+        commands: list[Command] | None = None
         try:
             commands = self.engine.handle(event)
         except Rejected as exc:
             self.note(at, "client", "xferd", f"{text} → rejected: {exc.code}")
             rejected: str | None = exc.code
         except Exception as exc:  # an engine bug: report it and go on, as the runtime does
-            self.invariants.append(f"+{line.at:.3f} s: the engine raised {type(exc).__name__}: {exc}")
-            return
+            self.invariants.append(f"+{offset:.3f} s: the engine raised {type(exc).__name__}: {exc}")
+            return None
         else:
             self.note(at, "client", "xferd", text)
             rejected = None
             self._apply(commands)
             self.drain()
-        if rejected != line.rejected:
-            said = f"rejected ({line.rejected})" if line.rejected else "accepted"
+        if rejected != recorded:
+            said = f"rejected ({recorded})" if recorded else "accepted"
             did = f"rejected it ({rejected})" if rejected else "accepted it"
-            self.diverged(f"{line.op} {line.transfer} was {said} in the recording; the replay {did}")
+            self.diverged(f"{what} was {said} in the recording; the replay {did}")
+        return commands
+
+    # -- supervisor call actions (engine.supervision) ---------------------------------
+    def _supervise(self, index: int, line: SuperviseLine, at: float) -> None:
+        """Feed a supervisor's action as live; set aside the answers to its own PBX requests."""
+        channel = line.channel_id or ""
+        event: MonitorRequested | HangupRequested | ParkRequested
+        if line.action == "monitor":
+            assert line.session is not None and line.mode is not None
+            event = MonitorRequested(at, line.session, line.monitor, line.channel_id, line.mode)
+            text = f"{line.mode} {line.monitor or 'the user'} on {channel or 'a colleague'}"
+        elif line.action == "park":
+            event, text = ParkRequested(at, channel), f"park {channel}"
+        else:
+            event, text = HangupRequested(at, channel), f"hangup {channel}"
+        commands = self._client(event, text, text, line.at, line.rejected)
+        if commands is None or line.action == "park":
+            return  # a park's answer changes nothing in the engine: the frames that follow show it
+        # A hang-up of a transfer's leg is that transfer's request: answered as any other.
+        direct = line.action == "hangup"
+        if direct and any(isinstance(c, PbxRequest) for c in commands):
+            return
+        found = self.pbx.supervised(index, line, direct)
+        if found is None:
+            self.diverged(f"the recording has no answer to the supervisor's {text}")
+        else:
+            self.supervised[found] = line.session if line.action == "monitor" else None
+
+    def _supervised_answer(self, index: int, line: RequestLine, at: float) -> None:
+        """The answer to a supervisor's own request: a monitor's outcome goes to the engine."""
+        session = self.supervised.pop(index)
+        if self.notes:
+            self.note(at, "PBX", "xferd", f"supervisor's {request_text(line)}")
+        if session is not None:
+            outcome, call_id = self.pbx.outcome(line)
+            self.feed(MonitorAnswered(at, session, outcome, call_id))
 
     def _snapshot(self, line: SnapshotLine, at: float) -> None:
         calls = tuple(
@@ -765,6 +852,27 @@ def request_text(line: RequestLine) -> str:
     params = " ".join(f"{k}={v}" for k, v in line.body.items() if isinstance(v, str | int))
     status = f" {line.status}" if line.status else ""
     return f"{line.endpoint}{' ' + params if params else ''} → {line.result}{status}"
+
+
+def take_after(queue: deque[int] | None, index: int) -> int | None:
+    """Take the first recorded answer after line ``index`` out of ``queue`` (engine requests may
+    no longer claim it); None if there is none."""
+    later = next((i for i in queue or () if i > index), None)
+    if queue is not None and later is not None:
+        queue.remove(later)
+    return later
+
+
+def next_answer(inputs: Sequence[Input], index: int, wanted: Callable[[RequestLine], bool]) -> int | None:
+    """The first recorded request line after ``index`` that is ``wanted``; None if there is none."""
+    return next(
+        (
+            later
+            for later in range(index + 1, len(inputs))
+            if isinstance(found := inputs[later], RequestLine) and wanted(found)
+        ),
+        None,
+    )
 
 
 def unclaimed(

@@ -40,7 +40,10 @@ runtime hands it to a task that runs after the current callback).
 Recorded requests nobody asked for: call control and ``(reconcile)``
 listings the replay never made are divergences; ``(query)`` listings (their
 ``snapshot`` line says what they gave), webhook registrations and token
-renewals are notes.
+renewals are notes.  A supervisor's own requests (``engine.supervision``) are
+not the engine's: a barge-in's answer gives its monitor session the call id,
+a hang-up the service made itself is set aside, and parks and retrieves
+(whose effect the deliveries show) are notes.
 """
 
 from __future__ import annotations
@@ -52,18 +55,23 @@ from typing import Any, Protocol
 import structlog
 
 from adapters.base import Observer
-from adapters.replay.format import FrameLine, RequestLine, Scenario, compact
-from adapters.replay.runner import event_text, request_text, unclaimed
+from adapters.replay.format import FrameLine, RequestLine, Scenario, SuperviseLine, compact
+from adapters.replay.runner import event_text, next_answer, request_text, take_after, unclaimed
 from adapters.webex.adapter import CALLS, RECONCILE, WebexAdapter
 from adapters.webex.client import ErrorKind, WebexClient, WebexError, redact
+from adapters.webex.events import call_id_of
 from engine.model import (
     CallsSnapshot,
     Event,
+    Outcome,
     PbxRequest,
     RequestFinished,
 )
 
 TOKEN_ENDPOINT = "/access_token"
+#: Call control only supervisors' actions use (adapters.webex.adapter.WebexAdapter.act): never an
+#: engine request's answer.
+SUPERVISOR_ENDPOINTS = frozenset({f"{CALLS}/bargeIn", f"{CALLS}/park", f"{CALLS}/retrieve"})
 #: (endpoint label, body as compact JSON): how a recorded answer is matched to a request.
 Key = tuple[str, str]
 _TOKEN_KEY: Key = (TOKEN_ENDPOINT, "")
@@ -193,6 +201,8 @@ class WebexPbx:
                 continue
             if line.endpoint == TOKEN_ENDPOINT:
                 self.token_lines.append(index)
+            elif line.endpoint in SUPERVISOR_ENDPOINTS:
+                continue  # a supervisor's own request (see supervised())
             elif line.endpoint.startswith(CALLS + "/") or line.endpoint == RECONCILE:
                 self.queues[_key(line.endpoint, line.body)].append(index)
         self.bound: dict[int, tuple[Step, PbxRequest]] = {}
@@ -333,6 +343,23 @@ class WebexPbx:
 
     def leftovers(self) -> list[str]:
         return unclaimed(self.host.scenario.inputs, self.queues.values(), request_text)
+
+    # -- supervisors' own requests -----------------------------------------------
+
+    def supervised(self, index: int, line: SuperviseLine, direct: bool) -> int | None:
+        inputs = self.host.scenario.inputs
+        if direct:  # the service hung the user's call up itself: no engine request claims it
+            key = _key(f"{CALLS}/hangup", {"callId": call_id_of(line.channel_id or "")})
+            return take_after(self.queues.get(key), index)
+        return next_answer(inputs, index, lambda found: found.endpoint == f"{CALLS}/bargeIn")
+
+    def outcome(self, line: RequestLine) -> tuple[Outcome, str | None]:
+        try:
+            answer = answer_of(line) or {}
+        except WebexError as error:
+            return ("unknown" if error.kind == "unknown" else "refused"), None
+        call_id = answer.get("callId")
+        return "ok", call_id if isinstance(call_id, str) else None
 
 
 # -- words for humans -----------------------------------------------------------

@@ -167,10 +167,12 @@ def webex_connected_call(unit: Unit, extension: str) -> str:
             f"extension {extension} is not the Webex user this service acts for "
             f"({user_number}, [pbx].user_number)",
         )
+    registry = unit.runtime.engine.registry
+    hidden = registry.hidden  # a barge-in of the user's is not "its call" (engine.supervision)
     legs = [
         leg
-        for leg in unit.runtime.engine.registry.legs.values()
-        if leg.kind == "extension" and leg.status in TALKING_STATUSES
+        for leg in registry.legs.values()
+        if leg.kind == "extension" and leg.status in TALKING_STATUSES and leg.channel_id not in hidden
     ]
     if not legs:
         raise ApiError(409, "no_active_call", "the Webex user has no connected call the service tracks")

@@ -331,7 +331,11 @@ def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
 
 
 def _create_private(path: Path) -> None:
-    """Create ``path`` empty with mode 0600 if it does not exist (it will hold secrets)."""
+    """Create ``path`` empty with mode 0600 if it does not exist (it will hold secrets).
+
+    SQLite's in-memory database (``:memory:``) is no file: nothing to create."""
+    if str(path) == ":memory:":
+        return
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
     except FileExistsError:

@@ -19,6 +19,16 @@ hangup     ``hangup(callId)`` — for either leg's channel: on Webex the
            user can only end their own call, which drops the party too.
 =========  ===========================================================
 
+Supervisor call actions (:meth:`WebexAdapter.act`, all the user's own, as
+the user-level API allows nothing else): ``barge`` — ``bargeIn(target)``,
+the user joins a colleague's answered call, a new call of the user's;
+``park`` — ``park(callId, destination?)``, the user's call is parked against
+``destination`` (the user's own number by default) and ends for the user;
+``retrieve`` — ``retrieve(destination)``, the parked call becomes a call of
+the user's; ``hangup`` as above.  There is no silent listening, no whisper
+and no list of parked calls in that API: ``listen``, ``whisper`` and
+``parked`` are not in :attr:`~WebexAdapter.capabilities`.
+
 callId2 comes from the adapter's own per-transfer record of the start
 result, so complete/abort/swap do not depend on the engine passing
 ``target_channel_id``; after a restart (no record) the request's
@@ -76,7 +86,7 @@ from typing import Any, Literal
 
 import structlog
 
-from adapters.base import Clock, EventSink, FatalPbxError, Observer
+from adapters.base import ActionResult, CallAction, Clock, EventSink, FatalPbxError, Observer
 from adapters.webex.client import WebexClient, WebexError
 from adapters.webex.events import (
     WEBHOOK_PATH,
@@ -164,7 +174,7 @@ class WebexAdapter:
     """
 
     platform = "webex"
-    capabilities: tuple[str, ...] = ("blind", "attended", "swap")
+    capabilities: tuple[str, ...] = ("blind", "attended", "swap", "barge", "park", "retrieve", "hangup")
 
     def __init__(
         self,
@@ -777,16 +787,67 @@ class WebexAdapter:
         call_id = call_id_of(request.channel_id)
         await self._ending_request({call_id}, "hangup", {"callId": call_id})
 
-    async def _ending_request(self, calls: set[str], op: str, body: dict[str, Any]) -> None:
+    async def _ending_request(self, calls: set[str], op: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """A request that ends ``calls``: their end will be ours, not a failed
-        attempt — unless Webex surely did not act."""
+        attempt — unless Webex surely did not act.  Returns Webex's answer."""
         self._ending |= calls
         try:
-            await self._request("POST", f"{CALLS}/{op}", body)
+            return await self._request("POST", f"{CALLS}/{op}", body)
         except WebexError as error:
             if error.kind != "unknown":
                 self._ending -= calls
             raise
+
+    # -- supervisor call actions (adapters.base.CallAction) ----------------
+
+    async def act(self, action: CallAction) -> ActionResult:
+        """Barge-in, park, retrieve or hang-up for the user; anything else is refused
+        with a sentence (see the module docstring).  Outcomes as for :meth:`execute`."""
+        handlers: dict[str, Callable[[CallAction], Awaitable[ActionResult]]] = {
+            "monitor": self._barge_in,
+            "park": self._park,
+            "retrieve": self._retrieve,
+            "hangup": self._hang_up_call,
+        }
+        handler = handlers.get(action.kind)
+        if handler is None or (action.kind == "monitor" and action.mode != "barge"):
+            what = action.mode if action.kind == "monitor" else action.kind
+            return ActionResult("refused", errmsg=f"Webex Calling's call-control API has no {what}")
+        try:
+            return await handler(action)
+        except WebexError as error:
+            if error.status == 404 and action.kind in ("park", "hangup"):
+                await self._reconcile_ended()  # the call is gone: we missed its end
+            outcome: Outcome = "unknown" if error.kind == "unknown" else "refused"
+            return ActionResult(outcome, errcode=error.status, errmsg=error.message)
+
+    async def _barge_in(self, action: CallAction) -> ActionResult:
+        """The user joins colleague ``target``'s answered call (a new call of the user's)."""
+        if not action.target:
+            raise WebexError("refused", "a barge-in needs the colleague's number")
+        answer = await self._request("POST", f"{CALLS}/bargeIn", {"target": action.target})
+        return ActionResult("ok", call_id=_text(answer, "callId"))
+
+    async def _park(self, action: CallAction) -> ActionResult:
+        """Park the user's call; its end for the user is ours, not a failed attempt."""
+        call_id = call_id_of(action.channel_id or "")
+        body: dict[str, Any] = {"callId": call_id}
+        if action.slot:
+            body["destination"] = action.slot
+        answer = await self._ending_request({call_id}, "park", body)
+        against = (answer or {}).get("parkedAgainst")
+        number = against.get("number") if isinstance(against, dict) else None
+        return ActionResult("ok", call_id=call_id, slot=number if isinstance(number, str) else action.slot)
+
+    async def _retrieve(self, action: CallAction) -> ActionResult:
+        """The call parked against ``slot`` becomes a call of the user's."""
+        answer = await self._request("POST", f"{CALLS}/retrieve", {"destination": action.slot})
+        return ActionResult("ok", call_id=_text(answer, "callId"), slot=action.slot)
+
+    async def _hang_up_call(self, action: CallAction) -> ActionResult:
+        call_id = call_id_of(action.channel_id or "")
+        await self._ending_request({call_id}, "hangup", {"callId": call_id})
+        return ActionResult("ok", call_id=call_id)
 
 
 def _label(value: str) -> str:

@@ -3,7 +3,8 @@
 It simulates the call world of ONE user (the transferor, default number
 ``+15550001000``) with scripted remote parties, speaks the subset of the
 API the adapter uses (``/v1/telephony/calls`` dial, answer, hold, resume,
-hangup, transfer, list; ``/v1/webhooks`` create, list, delete) with the real
+hangup, transfer, list, and the supervisor's bargeIn, park, retrieve;
+``/v1/webhooks`` create, list, delete) with the real
 error shape, delivers signed ``telephony_calls`` webhooks, and plays an
 integration's OAuth endpoints: ``GET /v1/authorize`` (consent is granted at
 once: a redirect to ``redirect_uri`` with a code) and ``POST
@@ -24,7 +25,11 @@ Simplifications (each marked **[unconfirmed]** in the reference where it
 matters): only connected calls can be held; a mute (blind) transfer shows the
 new call to nobody and ends the user's call when the destination answers; a
 busy party makes the consult call go ``disconnected`` quickly without ever
-being answered.
+being answered; a barge-in needs a colleague marked on a call
+(:meth:`WebexSimulator.colleague_on_call`), else 404 [unconfirmed: Webex's
+answer then], and connects like a dial; a parked call waits against its
+destination (the user's number by default) until retrieved, as a new call of
+the user's, connected at once.
 
 Besides the Webex API, ``/sim/...`` routes script the world over HTTP for
 ``xferd simulate --pbx webex`` (no token; loopback only): ``POST /sim/incoming
@@ -310,6 +315,8 @@ class WebexSimulator:
         self._throttle = _Fault()
         self._stall = _Fault()
         self._refusals: dict[str, tuple[_Fault, str]] = {}
+        self._colleagues_on_call: set[str] = set()  # numbers a barge-in may join
+        self._parked: dict[str, str] = {}  # destination → the parked party's number
         self._extra_targets: list[_Target] = []
         self._timers: list[asyncio.TimerHandle] = []
         self._last_stamp = datetime.now(UTC)
@@ -614,6 +621,53 @@ class WebexSimulator:
             {"callId": self._new_id("CALL"), "callSessionId": str(uuid.uuid4())}, status_code=201
         )
 
+    # -- supervisor call actions ------------------------------------------
+
+    def colleague_on_call(self, number: str) -> None:
+        """Colleague ``number`` is in an answered call the user may barge into."""
+        self._colleagues_on_call.add(number)
+
+    def parked(self) -> dict[str, str]:
+        """Calls parked and not retrieved: destination → the parked party's number."""
+        return dict(self._parked)
+
+    async def _barge_in(self, _: Request, body: dict[str, Any]) -> Response:
+        target = body.get("target")
+        if not isinstance(target, str) or not target:
+            raise _ApiError(400, "target is required")
+        if target not in self._colleagues_on_call:
+            raise _ApiError(404, f"No answered call found for {target}")
+        call = self._new_call("originator", target, "connecting")
+        call.placed = False
+        self._emit(call, "created", "originated")
+        self._place(call)  # like a dial: the colleague's side rings and answers as scripted
+        return JSONResponse({"callId": call.id, "callSessionId": call.session_id}, status_code=201)
+
+    async def _park(self, _: Request, body: dict[str, Any]) -> Response:
+        call = self._live(body)
+        if call.state not in ("connected", "held", "remoteHeld"):
+            raise _ApiError(409, f"Call cannot be parked in state {call.state}")
+        destination = body.get("destination") or self.user_number
+        if not isinstance(destination, str):
+            raise _ApiError(400, "destination must be a string")
+        if destination in self._parked:
+            raise _ApiError(409, f"A call is already parked against {destination}")
+        self._parked[destination] = call.remote_number
+        self._set_state(call, "disconnected", "deleted", "disconnected")
+        return JSONResponse({"parkedAgainst": {"number": destination, "callType": "location"}})
+
+    async def _retrieve(self, _: Request, body: dict[str, Any]) -> Response:
+        destination = body.get("destination")
+        if not isinstance(destination, str) or not destination:
+            raise _ApiError(400, "destination is required")
+        number = self._parked.pop(destination, None)
+        if number is None:
+            raise _ApiError(404, f"No call is parked against {destination}")
+        call = self._new_call("originator", number, "connecting")
+        self._emit(call, "created", "originated")
+        self._set_state(call, "connected", "updated", "answered")
+        return JSONResponse({"callId": call.id, "callSessionId": call.session_id}, status_code=201)
+
     async def _list_calls(self, _: Request, __: dict[str, Any]) -> Response:
         return JSONResponse({"items": [call.as_json() for call in self.calls()]})
 
@@ -652,6 +706,9 @@ class WebexSimulator:
             ("/v1/telephony/calls/resume", "POST", self._resume),
             ("/v1/telephony/calls/hangup", "POST", self._hangup),
             ("/v1/telephony/calls/transfer", "POST", self._transfer),
+            ("/v1/telephony/calls/bargeIn", "POST", self._barge_in),
+            ("/v1/telephony/calls/park", "POST", self._park),
+            ("/v1/telephony/calls/retrieve", "POST", self._retrieve),
             ("/v1/webhooks", "POST", self._create_webhook),
             ("/v1/webhooks", "GET", self._list_webhooks),
             ("/v1/webhooks/{webhook_id}", "DELETE", self._delete_webhook),

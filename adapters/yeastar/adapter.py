@@ -17,7 +17,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
-from adapters.base import Clock, EventSink, FatalPbxError, Observer
+from adapters.base import (
+    CALL_ACTIONS,
+    ActionResult,
+    CallAction,
+    Clock,
+    EventSink,
+    FatalPbxError,
+    Observer,
+    ParkedCall,
+)
 from adapters.yeastar.consumer import EventConsumer
 from adapters.yeastar.frames import (
     DATA_NOT_FOUND,
@@ -25,6 +34,7 @@ from adapters.yeastar.frames import (
     PbxUnreachable,
     TlsVerifyError,
     YeastarError,
+    parse_parked,
     parse_query,
 )
 from adapters.yeastar.rest import API_PATH, YeastarRest, tls_context
@@ -53,7 +63,7 @@ class YeastarAdapter:
     """One Yeastar P-Series PBX: events in over the websocket, requests out over REST."""
 
     platform = "yeastar"
-    capabilities: tuple[str, ...] = ("blind", "attended", "swap", "threeway")
+    capabilities: tuple[str, ...] = ("blind", "attended", "swap", "threeway", *CALL_ACTIONS)
 
     def __init__(
         self,
@@ -155,6 +165,41 @@ class YeastarAdapter:
         if action == "start":
             return await self._rest.transfer_attended(channel_id, number, request.dial_permission)
         return await self._rest.transfer_blind(channel_id, number, request.dial_permission)
+
+    async def act(self, action: CallAction) -> ActionResult:
+        """A supervisor's call action: ``call/listen``, ``call/park``, ``call/park_status``,
+        retrieve by ``call/dial`` of the slot, ``call/hangup``.  Outcomes as for :meth:`execute`."""
+        try:
+            answer = await self._act(action)
+        except YeastarError as exc:
+            return ActionResult("refused", exc.errcode, exc.errmsg, invalid=exc.invalid)
+        except (PbxUnreachable, FatalPbxError) as exc:
+            return ActionResult("refused", errmsg=str(exc))  # nothing reached the PBX
+        except OutcomeUnknown as exc:
+            return ActionResult("unknown", errmsg=str(exc))
+        call_id = answer.get("call_id")
+        slot = answer.get("parking_slot")
+        return ActionResult(
+            "ok",
+            call_id=call_id if isinstance(call_id, str) else None,
+            slot=str(slot) if isinstance(slot, str | int) else action.slot,
+            parked=tuple(ParkedCall(**row) for row in parse_parked(answer))
+            if action.kind == "parked"
+            else (),
+        )
+
+    async def _act(self, action: CallAction) -> dict[str, Any]:
+        rest, channel = self._rest, action.channel_id or ""
+        if action.kind == "monitor":
+            return await rest.listen(channel, action.extension or "", action.mode or "listen")
+        if action.kind == "park":
+            return await rest.park(channel, action.slot)
+        if action.kind == "parked":
+            return await rest.park_status()
+        if action.kind == "retrieve":
+            # Dialling the slot from the extension picks the parked call up.
+            return await rest.dial(action.extension or "", action.slot or "", auto_answer=action.auto_answer)
+        return await rest.hangup(channel)
 
     def _finished(self, request: PbxRequest, outcome: Outcome, **fields: Any) -> RequestFinished:
         return RequestFinished(self._clock(), request.transfer_id, request.request_id, outcome, **fields)

@@ -98,10 +98,12 @@ class YeastarError(Exception):
     """The PBX answered with a non-zero ``errcode`` (it received the request
     and did not do it).  The message is the PBX's own; no secret is in it."""
 
-    def __init__(self, errcode: int, errmsg: str) -> None:
+    def __init__(self, errcode: int, errmsg: str, invalid: tuple[str, ...] = ()) -> None:
         super().__init__(f"PBX errcode {errcode}: {errmsg}")
         self.errcode = errcode
         self.errmsg = errmsg
+        #: the request fields the PBX named in ``invalid_param_list``
+        self.invalid = invalid
 
 
 class TokenExpiredError(YeastarError):
@@ -136,7 +138,15 @@ def answer_error(answer: Mapping[str, Any]) -> YeastarError | None:
     msg = errmsg if isinstance(errmsg, str) else ""
     if type(errcode) is not int:
         return YeastarError(FAILURE, msg or "answer without errcode")
-    return _ERROR_TYPES.get(errcode, YeastarError)(errcode, msg)
+    return _ERROR_TYPES.get(errcode, YeastarError)(errcode, msg, _invalid_fields(answer))
+
+
+def _invalid_fields(answer: Mapping[str, Any]) -> tuple[str, ...]:
+    """The ``field`` names of ``invalid_param_list`` (what the PBX says was wrong), if any."""
+    listed = answer.get("invalid_param_list")
+    if not isinstance(listed, list):
+        return ()
+    return tuple(str(item["field"]) for item in listed if isinstance(item, dict) and "field" in item)
 
 
 # --------------------------------------------------------------------------
@@ -367,3 +377,33 @@ def parse_query(
 def _report(on_bad: Callable[[str], None] | None, reason: str) -> None:
     if on_bad is not None:
         on_bad(reason)
+
+
+# --------------------------------------------------------------------------
+# Parked calls (``call/park_status``)
+# --------------------------------------------------------------------------
+
+
+def parse_parked(answer: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The rows of a ``call/park_status`` answer as ``{slot, channel_id, parked_party,
+    parker, parked_s}``; a row without a slot or a channel is skipped (never guessed)."""
+    data = answer.get("data")
+    rows = data if isinstance(data, list) else []
+    parked = []
+    for row in rows:
+        if not isinstance(row, dict):
+            continue
+        slot, channel = row.get("parking_slot"), row.get("channel_id")
+        if not isinstance(slot, str | int) or not isinstance(channel, str) or not channel:
+            continue
+        seconds = row.get("park_time")
+        parked.append(
+            {
+                "slot": str(slot),
+                "channel_id": channel,
+                "parked_party": str(row.get("parked_party") or ""),
+                "parker": str(row.get("parker") or ""),
+                "parked_s": float(seconds) if isinstance(seconds, int | float) else None,
+            }
+        )
+    return parked

@@ -231,6 +231,31 @@ class YeastarRest:
     async def unhold(self, channel_id: str) -> dict[str, Any]:
         return await self.call("POST", "call/unhold", body={"channel_id": channel_id})
 
+    # -- supervisor call actions (adapters.base.CallAction) ---------------------------
+
+    async def listen(self, channel_id: str, monitor: str, mode: str) -> dict[str, Any]:
+        """Extension ``monitor`` listens to / whispers to / barges into (``mode``) leg ``channel_id``."""
+        return await self.call(
+            "POST", "call/listen", body={"monitor": monitor, "channel_id": channel_id, "type": mode}
+        )
+
+    async def park(self, channel_id: str, slot: str | None) -> dict[str, Any]:
+        """Park leg ``channel_id`` (the parked party); the PBX picks an idle slot when none is given."""
+        body = {"channel_id": channel_id}
+        if slot is not None:
+            body["parking_slot"] = slot
+        return await self.call("POST", "call/park", body=body)
+
+    async def park_status(self) -> dict[str, Any]:
+        return await self.call("GET", "call/park_status")
+
+    async def dial(self, caller: str, callee: str, *, auto_answer: bool = False) -> dict[str, Any]:
+        """Ring extension ``caller``, then ``callee`` (a parking slot retrieves the call parked there)."""
+        body = {"caller": caller, "callee": callee}
+        if auto_answer:
+            body["auto_answer"] = "yes"
+        return await self.call("POST", "call/dial", body=body)
+
     async def query(self, **params: str) -> dict[str, Any]:
         """``GET call/query`` with one of ``call_id``, ``extension``, ``type``."""
         return await self.call("GET", "call/query", params=params)

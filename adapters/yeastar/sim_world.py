@@ -35,6 +35,15 @@ Unconfirmed PBX behaviour is chosen by :class:`SimConfig` (see
 choices the simulator makes where no source says anything are noted where
 they are made.
 
+Supervisor actions (``call/listen``, ``call/park``, retrieving by dialling a
+slot) are played the way Asterisk does them: a monitor is a spy channel of
+the supervisor's extension, never a member of anyone's bridge (so it is not
+a partner for the two-party rule nor for a transfer), reported under the
+monitored call's id or a new call id (``monitor_call_id``) and hung up when
+the monitored leg goes; a parked party stays on HOLD in its call, alone, its
+parker hung up, until someone dials the slot (its leg then moves into the
+retriever's call, answered) or it hangs up.
+
 Time: scripted phones run on the running event loop's clock
 (``loop.call_later``), so tests can use answer delays of a few tens of ms.
 """
@@ -72,6 +81,8 @@ ERRMSG: dict[int, str] = {
 }
 
 ConsultCallId: TypeAlias = Literal["new", "original", "unreturned"]
+MonitorCallId: TypeAlias = Literal["monitored", "new"]
+MONITOR_MODES = ("listen", "whisper", "barge")
 Emit: TypeAlias = Callable[[int, dict[str, Any]], None]
 
 
@@ -104,6 +115,10 @@ class SimConfig:
     re-reported).  ``hold_reported``: whether HOLD statuses are emitted at
     all.  ``auto_rebridge_on_failure``: whether the PBX itself puts the
     transferor back with the transferee when the target fails or hangs up.
+    ``monitor_call_id``: where a supervisor's monitor leg (``call/listen``) is
+    reported — under the ``"monitored"`` leg's call id (the answer returns it)
+    or under a ``"new"`` call id the answer returns.  ``parking_slots``: the
+    numbers ``call/park`` parks in (lowest idle one when none is named).
     """
 
     client_id: str = "xferd-sim"
@@ -117,6 +132,8 @@ class SimConfig:
     auto_rebridge_on_failure: bool = False
     external: Phone = Phone(answer_after=0.5)
     seed: int = 0
+    monitor_call_id: MonitorCallId = "monitored"
+    parking_slots: tuple[str, ...] = tuple(str(slot) for slot in range(6000, 6010))
 
 
 class SimError(Exception):
@@ -148,6 +165,8 @@ class Leg:
     #: call/dial: the callee to ring once this (caller) leg has answered
     dialing: str | None = None
     timers: list[asyncio.TimerHandle] = field(default_factory=list)
+    #: a supervisor's monitor leg: the channel it monitors (its ``call_id`` is its own)
+    monitoring: str | None = None
 
     @property
     def ringing(self) -> bool:
@@ -165,6 +184,15 @@ class Call:
     started: float
     answered: float | None = None
     failure: str | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Parked:
+    """A parked party waiting in a slot (``call/park_status``'s row)."""
+
+    leg: Leg
+    parker: str
+    since: float
 
 
 @dataclass(eq=False, slots=True)
@@ -193,6 +221,8 @@ class World:
         self._legs: dict[str, Leg] = {}  # live legs in creation order
         self._calls: dict[str, Call] = {}  # by report call id
         self._consults: dict[str, Consult] = {}  # by transferor channel
+        self._parked: dict[str, Parked] = {}  # by slot
+        self._unmonitorable: set[str] = set()  # extensions whose Call Monitor is off
         self._channel_seq = itertools.count(1)
         self._call_seq = itertools.count(1)
 
@@ -210,6 +240,10 @@ class World:
     def is_extension(self, number: str) -> bool:
         return number in self._extensions
 
+    def forbid_monitoring(self, number: str) -> None:
+        """Extension ``number`` may not be monitored (Extension › Features › Call Monitor off)."""
+        self._unmonitorable.add(number)
+
     def clear(self) -> None:
         """Everything vanishes without a frame (a PBX restart)."""
         for leg in self._legs.values():
@@ -217,6 +251,7 @@ class World:
         self._legs.clear()
         self._calls.clear()
         self._consults.clear()
+        self._parked.clear()
 
     # ------------------------------------------------------------------ lookups
 
@@ -280,9 +315,12 @@ class World:
         return call_id
 
     def dial(self, caller: str, callee: str, *, auto_answer: bool = False) -> str:
-        """``call/dial``: ring the caller's extension first, then the callee."""
+        """``call/dial``: ring the caller's extension first, then the callee (a parking
+        slot: the call parked there, which an empty slot does not have: 60001)."""
         if caller not in self._extensions:
             raise SimError(40002, [{"field": "caller", "value": caller}])
+        if callee in self.config.parking_slots and callee not in self._parked:
+            raise SimError(60001)  # [unconfirmed] what a PBX answers for an empty slot
         call_type: Literal["Outbound", "Internal"] = "Internal" if callee in self._extensions else "Outbound"
         call_id = self._new_call(caller, callee, call_type)
         leg = self._new_leg("extension", caller, call_id, "RING")
@@ -341,6 +379,87 @@ class World:
             if self.config.auto_rebridge_on_failure:
                 del self._consults[consult.transferor.channel_id]
                 self._rebridge(consult)
+
+    # ------------------------------------------------------------------ supervisor actions
+
+    def monitor(self, channel_id: str, monitor: str, mode: str) -> str:
+        """``call/listen``: extension ``monitor`` is rung and, once it answers, spies on
+        ``channel_id`` in ``mode``.  Returns the call id the answer carries (see
+        ``monitor_call_id``).  Refusals: a bad mode or a monitor that is not an
+        extension 40002 naming the field, an unknown channel 60001, a channel that is
+        not an extension's leg in a call (still ringing), is not allowed to be monitored or is already
+        monitored 10009 ([unconfirmed]: the PBX's errcode for these is not documented)."""
+        if mode not in MONITOR_MODES:
+            raise SimError(40002, [{"field": "type", "value": mode}])
+        if monitor not in self._extensions:
+            raise SimError(40002, [{"field": "monitor", "value": monitor}])
+        watched = self.leg(channel_id)
+        if (
+            watched.kind != "extension"
+            or watched.monitoring is not None
+            or watched.status in ("RING", "EARLYMEDIA")  # a phone still ringing is in no call yet
+            or watched.number in self._unmonitorable
+            or watched.number == monitor
+            or any(leg.monitoring == channel_id for leg in self._legs.values())
+        ):
+            raise SimError(10009)
+        if self.config.monitor_call_id == "new":
+            report = self._new_call(monitor, watched.number, "Internal")
+        else:
+            report = watched.report_call_id
+        leg = self._new_leg("extension", monitor, report, "RING", monitoring=channel_id)
+        self._ring(leg)
+        return report
+
+    def park(self, channel_id: str, slot: str | None) -> tuple[str, str]:
+        """``call/park``: the party ``channel_id`` waits on HOLD in ``slot`` (or the lowest
+        idle one); its partner, having heard the slot number, is hung up.  Returns (call
+        id, slot).  A leg that is not talking to exactly one party, or takes part in an
+        attended transfer, is 10009; a slot not configured 40002; a busy slot or no idle
+        one 10009."""
+        leg = self.leg(channel_id)
+        if slot is not None and slot not in self.config.parking_slots:
+            raise SimError(40002, [{"field": "parking_slot", "value": slot}])
+        parker = self._only_partner(leg) if leg.monitoring is None else None
+        if parker is None:
+            raise SimError(10009)
+        free = [s for s in self.config.parking_slots if s not in self._parked]
+        if slot is None:
+            slot = free[0] if free else None
+        if slot is None or slot not in free:
+            raise SimError(10009)
+        self._parked[slot] = Parked(leg, parker.number, time.time())
+        leg.call_id = f"park:{slot}"
+        self._set(leg, "HOLD")
+        self._bye(parker)
+        return leg.report_call_id, slot
+
+    def park_status(self) -> list[dict[str, Any]]:
+        """``call/park_status``'s ``data``."""
+        now = time.time()
+        return [
+            {
+                "parker": parked.parker,
+                "parked_party": parked.leg.number,
+                "parking_slot": slot,
+                "park_time": round(now - parked.since),
+                "channel_id": parked.leg.channel_id,
+            }
+            for slot, parked in self._parked.items()
+        ]
+
+    def _retrieve(self, caller: Leg, slot: str) -> None:
+        """The retriever answered its ``call/dial`` of ``slot``: it talks to the parked party."""
+        parked = self._parked.pop(slot, None)
+        if parked is None:  # the parked party hung up meanwhile
+            self.hangup(caller.channel_id)
+            return
+        self._set(caller, "ANSWERED")
+        call = self._calls.get(caller.report_call_id)
+        if call is not None and call.answered is None:
+            call.answered = time.time()
+        parked.leg.call_id = caller.call_id
+        self._move(parked.leg, caller.report_call_id, "ANSWER")
 
     # ------------------------------------------------------------------ transfers
 
@@ -476,6 +595,9 @@ class World:
         if leg.dialing is not None:
             # call/dial: the caller picked up; now the PBX calls the callee.
             callee, leg.dialing = leg.dialing, None
+            if callee in self.config.parking_slots:
+                self._retrieve(leg, callee)
+                return
             self._set(leg, "ALERT")
             self._ring(self._new_callee(callee, leg.call_id, caller_number=leg.number))
         else:
@@ -534,6 +656,11 @@ class World:
         _cancel_timers(leg)
         leg.status = "BYE"
         self._report(leg, gone=True)
+        for slot in [slot for slot, parked in self._parked.items() if parked.leg is leg]:
+            del self._parked[slot]
+        # A monitor's spy channel ends with the leg it monitors.
+        for spy in [other for other in self._legs.values() if other.monitoring == leg.channel_id]:
+            self._bye(spy)
         self._end_if_empty(leg.report_call_id)
 
     def _end_if_empty(self, call_id: str) -> None:
@@ -610,11 +737,22 @@ class World:
         return self._new_leg("outbound", number, call_id, "RING", peer=caller_number, trunk=OUTBOUND_TRUNK)
 
     def _new_leg(
-        self, kind: MemberKind, number: str, call_id: str, status: str, *, peer: str = "", trunk: str = ""
+        self,
+        kind: MemberKind,
+        number: str,
+        call_id: str,
+        status: str,
+        *,
+        peer: str = "",
+        trunk: str = "",
+        monitoring: str | None = None,
     ) -> Leg:
         seq = next(self._channel_seq)
         endpoint = number if kind == "extension" else f"trunk-{trunk}-endpoint"
-        leg = Leg(f"PJSIP/{endpoint}-{seq:08x}", kind, number, call_id, call_id, status, peer, trunk)
+        channel = f"PJSIP/{endpoint}-{seq:08x}"
+        # A monitor is in a conversation of its own (nobody's partner), reported under call_id.
+        conversation = f"monitor:{channel}" if monitoring is not None else call_id
+        leg = Leg(channel, kind, number, conversation, call_id, status, peer, trunk, monitoring=monitoring)
         self._legs[leg.channel_id] = leg
         self._report(leg)
         return leg

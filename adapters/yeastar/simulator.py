@@ -178,6 +178,9 @@ class PbxSimulator:
             "call/unhold": ("POST", True, self._unhold),
             "call/dial": ("POST", True, self._dial),
             "call/query": ("GET", True, self._query),
+            "call/listen": ("POST", True, self._listen),
+            "call/park": ("POST", True, self._park),
+            "call/park_status": ("GET", True, self._park_status),
         }
         self._app = Starlette(
             routes=[
@@ -277,6 +280,14 @@ class PbxSimulator:
     def answer(self, channel_id: str) -> None:
         """A ringing leg answers now, whatever its phone script says."""
         self.world.answer(channel_id)
+
+    def forbid_monitoring(self, number: str) -> None:
+        """Extension ``number`` may not be monitored: ``call/listen`` on its calls is refused."""
+        self.world.forbid_monitoring(number)
+
+    def parked(self) -> list[dict[str, Any]]:
+        """What ``call/park_status`` returns: the parked calls."""
+        return self.world.park_status()
 
     def calls(self) -> list[dict[str, Any]]:
         """What ``call/query`` without a filter returns: every live call and its members."""
@@ -481,6 +492,23 @@ class PbxSimulator:
     def _dial(self, body: dict[str, Any], _token: str) -> dict[str, Any]:
         caller, callee = _require(body, "caller", "callee")
         return {"call_id": self.world.dial(caller, callee, auto_answer=body.get("auto_answer") == "yes")}
+
+    # ------------------------------------------------------------------ supervisor actions
+
+    def _listen(self, body: dict[str, Any], _token: str) -> dict[str, Any]:
+        monitor, channel_id, mode = _require(body, "monitor", "channel_id", "type")
+        return {"call_id": self.world.monitor(channel_id, monitor, mode)}
+
+    def _park(self, body: dict[str, Any], _token: str) -> dict[str, Any]:
+        (channel_id,) = _require(body, "channel_id")
+        slot = body.get("parking_slot")
+        if slot is not None and not isinstance(slot, str):
+            raise SimError(40002, [{"field": "parking_slot", "value": str(slot)}])
+        call_id, parked_in = self.world.park(channel_id, slot)
+        return {"call_id": call_id, "parking_slot": parked_in}
+
+    def _park_status(self, _body: dict[str, Any], _token: str) -> dict[str, Any]:
+        return {"data": self.world.park_status()}
 
     def _query(self, body: dict[str, Any], _token: str) -> dict[str, Any]:
         call_type = body.get("type")

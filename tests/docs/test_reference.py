@@ -183,12 +183,26 @@ def test_api_reference_names_the_errors_a_route_can_answer() -> None:
     assert "`not_allowed`" not in start  # an operate-only refusal
     operate = page.split("## `POST /v1/transfers/{transfer_id}/{op}`")[1].split("\n## ")[0]
     assert "`not_allowed`" in operate and "`ambiguous`" not in operate
+    park = page.split("## `POST /v1/calls/{channel_id}/park`")[1].split("\n## ")[0]
+    assert "**Authentication:** role `supervisor`" in park
+    for code in ("transfer_in_progress", "not_found", "pbx_error", "pbx_unavailable", "not_allowed"):
+        assert f"`{code}`" in park, code
+    hangup = page.split("## `POST /v1/calls/{channel_id}/hangup`")[1].split("\n## ")[0]
+    assert "hangup is not allowed" in hangup  # the transfer's refusal while a request is in flight
 
 
 def test_api_example_bodies_are_valid_requests() -> None:
+    from adapters.service import api_calls
     from adapters.service.api_transfers import TransferCreate
 
-    models = {("POST", "/v1/transfers"): TransferCreate}
+    models: dict[tuple[str, str], type[BaseModel]] = {
+        ("POST", "/v1/transfers"): TransferCreate,
+        ("POST", "/v1/calls/{channel_id}/monitor"): api_calls.MonitorBody,
+        ("POST", "/v1/calls/monitor"): api_calls.MonitorPartyBody,
+        ("POST", "/v1/calls/park"): api_calls.ParkPartyBody,
+        ("POST", "/v1/calls/hangup"): api_calls.HangupPartyBody,
+        ("POST", "/v1/parked/{slot}/retrieve"): api_calls.RetrieveBody,
+    }
     assert set(api_ref.EXAMPLE_BODIES) <= set(models)
     for key, body in api_ref.EXAMPLE_BODIES.items():
         models[key].model_validate(body)

@@ -181,7 +181,7 @@ async def test_healthz_shows_webex_without_threeway(xf: WebexXferd) -> None:
     async with httpx.AsyncClient(base_url=xf.base_url) as anonymous:
         health = (await anonymous.get("/healthz")).json()
     assert health["status"] == "ok" and health["pbx"] == "connected" and health["platform"] == "webex"
-    assert health["capabilities"] == ["blind", "attended", "swap"]
+    assert health["capabilities"] == ["blind", "attended", "swap", "barge", "park", "retrieve", "hangup"]
     assert "webhook" in health["detail"]
 
 

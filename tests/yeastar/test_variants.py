@@ -82,3 +82,62 @@ async def test_every_variant_reaches_the_same_decision(config: SimConfig, story:
     report = replay(read(out))
     assert report.passed, report.details()
     assert [made.request.action for made in report.made] == requests
+
+
+MONITOR_VARIANTS = [
+    SimConfig(consult_call_id=call_id, monitor_call_id=monitor_call, full_member_lists=full)
+    for call_id, monitor_call, full in itertools.product(
+        ("new", "original", "unreturned"), ("monitored", "new"), (False, True)
+    )
+]
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+@pytest.mark.parametrize(
+    "config",
+    MONITOR_VARIANTS,
+    ids=lambda c: (
+        f"{c.consult_call_id}-monitor_{c.monitor_call_id}-{'full' if c.full_member_lists else 'delta'}"
+    ),
+)
+async def test_a_supervisor_listening_changes_no_decision(
+    config: SimConfig, when: str, tmp_path: Path
+) -> None:
+    """A supervisor (2001) listens to the transferor before the consultation or while the target
+    rings, wherever the PBX reports the monitor's leg: same requests, same parties, same end."""
+    out = tmp_path / "run.jsonl"
+    async with LiveRecording(
+        out,
+        name="monitored",
+        description=variant_id(config),
+        policy=Policy(no_answer_timeout_s=5),
+        sim=config,
+    ) as rec:
+        rec.sim.add_extension("2001", Phone(answer_after=0.01))
+        rec.sim.set_phone(TARGET, Phone(answer_after=0.3))
+        await rec.call(TRANSFEREE, TRANSFEROR, inbound_trunk="stc")
+        transferor, transferee = rec.sim.channel_of(TRANSFEROR), rec.sim.channel_of(TRANSFEREE)
+        monitors = rec.runtime.engine.monitors
+
+        async def listen() -> None:
+            result = await rec.monitor(transferor, "2001", "listen")
+            assert result.outcome == "ok", result
+            spy = rec.sim.channel_of("2001")
+            await rec.until(lambda: rec.leg_status(spy) == "ANSWER")
+            assert monitors.is_monitor(spy)
+
+        if when == "before":
+            await listen()
+        assert rec.start("t1", TARGET, channel_id=transferor) is None
+        if when == "during":
+            await rec.until(lambda: rec.resource("t1")["target"]["status"] == "ringing")
+            await listen()
+        await rec.reach("t1")
+        await rec.settle(quiet_s=0.1)
+        resource = rec.resource("t1")
+        assert (resource["state"], resource["reason"]) == ("completed", "policy")
+        assert [r.action for r in rec.made] == ["start", "complete"]
+        assert resource["transferee"]["channel_id"] == transferee
+        assert resource["target"]["channel_id"] == rec.sim.channel_of(TARGET)
+    report = replay(read(out))
+    assert report.passed, report.details()
