@@ -257,20 +257,23 @@ async def run_memory(sizes: Sizes) -> list[Figure]:
                 met,
             )
         )
+        small = per_transfer <= 10_240
         figures.append(
             Figure(
                 f"memory_per_transfer@{calls}",
                 per_transfer,
                 "B",
-                f"RSS growth per active transfer, {transfers} transfers consulting with the target "
-                f"ringing on {calls} live calls (transfer, its python-statemachine chart, target leg, "
-                f"consultation call); {heap_note}: {heap_transfer:.0f} B/transfer; "
-                f"{transfers / rss['timings']['transfers']:.0f} transfers set up per second; no goal",
-                None,
+                f"ratio {per_transfer / 10_240:.2f} of the 10 KiB goal; RSS growth per active transfer, "
+                f"{transfers} transfers consulting with the target ringing on {calls} live calls (transfer "
+                f"and its state in the shared python-statemachine chart, target leg, consultation call); "
+                f"{heap_note}: {heap_transfer:.0f} B/transfer; "
+                f"{transfers / rss['timings']['transfers']:.0f} transfers set up per second; "
+                f"{goal(small, '<= 10240 B per active transfer')}",
+                small,
             )
         )
         growth = (after - base) / base * 100
-        within = after <= base * 1.05
+        within = after <= base * 1.25  # issue 16: give memory back after a peak
         trim_note = f"; after malloc_trim(0) {_mb(trimmed)}" if trimmed else ""
         figures.append(
             Figure(
@@ -281,7 +284,7 @@ async def run_memory(sizes: Sizes) -> list[Figure]:
                 f"ended and the {rss['tombstone_ttl']:.0f} s tombstone TTL passed (peak {_mb(active)}; "
                 f"{_mb(ended)} right after the end, {rss['tombstones']} tombstones{trim_note}); "
                 f"{heap_note}: {_kb(heap_held)} still held by the engine; {rss['left_active']} transfers "
-                f"and {rss['live_calls_after']} calls left; {goal(within, 'RSS back to baseline + 5 %')}",
+                f"and {rss['live_calls_after']} calls left; {goal(within, 'RSS back to baseline + 25 %')}",
                 within,
             )
         )

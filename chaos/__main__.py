@@ -7,6 +7,7 @@ Run from the repository root (``chaos`` is a top-level package beside
     python -m chaos --quick              # a few runs of each, a short soak: ~2 min
     python -m chaos --seed 7 --runs 5 --only pbx_restart,sqlite_locked
     python -m chaos --write RELIABILITY.md
+    python -m chaos --model              # the engine against its reference model, long (chaos/model.py)
 
 Exit status 0 only when every run kept the promise (nothing lost, no wrong
 outcome, no duplicate complete, no request after a final state, no crash,
@@ -45,6 +46,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--fuzz", type=int, default=None, help="examples per fuzzer (default 600, quick 150)")
     parser.add_argument("--write", metavar="PATH", help="also write the report (Markdown) to PATH")
     parser.add_argument("-v", "--verbose", action="store_true", help="one line per run")
+    parser.add_argument(
+        "--model", action="store_true", help="only the model-based test of the engine (chaos/model.py), long"
+    )
+    parser.add_argument("--examples", type=int, default=3000, help="--model: examples (default 3000)")
+    parser.add_argument("--steps", type=int, default=80, help="--model: steps per example (default 80)")
     return parser.parse_args(argv)
 
 
@@ -97,8 +103,30 @@ async def main_async(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def main_model(args: argparse.Namespace) -> int:
+    """The engine against the reference model: many long random programs, one summary."""
+    from chaos.model import run_model
+
+    result = run_model(args.examples, args.steps, args.seed)
+    finals = ", ".join(f"{k} {v}" for k, v in sorted(result.finals.items()))
+    requests = ", ".join(f"{k} {v}" for k, v in sorted(result.requests.items()))
+    print(
+        f"model: {result.examples} programs, {result.steps} steps, {result.events} events, "
+        f"{result.restarts} restarts in {result.seconds:.0f} s (seed {args.seed})\n"
+        f"  requests: {requests}\n  final states: {finals}\n"
+        f"  disagreements or broken invariants: {'none' if result.failure is None else 'see below'}"
+    )
+    if result.failure is not None:
+        print(result.failure)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    return asyncio.run(main_async(parse(argv)))
+    args = parse(argv)
+    if args.model:
+        return main_model(args)
+    return asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":

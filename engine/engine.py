@@ -121,13 +121,13 @@ class Engine:
                 self._route(event.at, changes, touched)
                 if isinstance(event, CallFailed):
                     self._failed(event, touched)
-            seen: set[str] = set()
-            for change in all_changes:
-                if change.call_id not in seen:
-                    seen.add(change.call_id)
-                    calls_out.append(
-                        CallChanged(change.call_id, ended=change.call_id not in self.registry.calls)
-                    )
+            calls = self.registry.calls
+            if len(all_changes) == 1:  # the common case: one leg of one call changed
+                call_id = all_changes[0].call_id
+                calls_out.append(CallChanged(call_id, ended=call_id not in calls))
+            else:
+                for call_id in dict.fromkeys([change.call_id for change in all_changes]):
+                    calls_out.append(CallChanged(call_id, ended=call_id not in calls))
         elif isinstance(event, TransferRequested):
             transfer = self._create(event)
             touched[transfer.id] = transfer
@@ -152,7 +152,7 @@ class Engine:
             if found is not None:
                 touched[found.id] = found
         # Call changes first: a timeline then reads cause before effect.
-        out = calls_out + self._collect(touched)
+        out = calls_out + self._collect(touched) if touched else calls_out
         if self.rules is not None:
             out += self._rules(event, changes, out)
         return out
@@ -332,7 +332,7 @@ class Engine:
         if event.rule:
             # The rule's decision opens the history and is persisted with the transfer.
             transfer.rule = dict(event.rule)
-            transfer.model.history.append(
+            transfer.history.append(
                 {
                     "at": event.at,
                     "from": "idle",

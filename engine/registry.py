@@ -26,9 +26,10 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from engine.errors import Rejected
+from engine.memory import give_back
 from engine.model import (
     TALKING_STATUSES,
     CallEnded,
@@ -76,13 +77,13 @@ class Leg:
         }
 
 
-@dataclass(frozen=True, slots=True)
-class LegChange:
+class LegChange(NamedTuple):
     """A leg appeared, changed status, moved to another call, or ended.
 
     ``old_status`` is None for a leg first seen; ``status`` is ``"BYE"`` when
     the leg has gone.  ``failed`` carries a 30015 reason when the change was
-    caused by a failed call attempt.
+    caused by a failed call attempt.  A named tuple, not a frozen dataclass:
+    one is made per frame, and a tuple is made four times faster.
     """
 
     channel_id: str
@@ -104,6 +105,7 @@ class CallRegistry:
         self._tombstones: OrderedDict[str, float] = OrderedDict()
         self._peak = 0  # most legs held at once since the last shrink
         self._tombstone_peak = 0
+        self._prune_at = 0.0  # no tombstone expires before this (event time)
         #: Legs that are nobody's call of their own — a supervisor's monitor legs
         #: (engine.supervision keeps this mapping) — with the fields their call view
         #: adds.  They are never another leg's party nor an extension's active call.
@@ -114,7 +116,11 @@ class CallRegistry:
     def apply(self, event: CallUpdated | CallEnded | CallFailed | CallsSnapshot) -> list[LegChange]:
         """Merge one PBX event; return what changed (possibly nothing)."""
         self._prune(event.at)
-        if isinstance(event, CallUpdated):
+        if type(event) is CallUpdated and len(event.members) == 1 and not event.full:
+            # The common frame (a single-member delta): no list to build for it.
+            change = self._merge(event.call_id, event.members[0], event.at, trusted=False)
+            changes = [change] if change is not None else []
+        elif isinstance(event, CallUpdated):
             changes = self._update(event.call_id, event.members, event.at, full=event.full)
         elif isinstance(event, CallEnded):
             changes = self._end_call(event.call_id, event.at)
@@ -127,18 +133,26 @@ class CallRegistry:
 
     def _shrink(self) -> None:
         """Python dicts never give memory back: after a peak (a busy hour, a
-        benchmark) rebuild them once they hold under an eighth of it."""
+        benchmark) rebuild them once they hold under an eighth of it, then
+        hand the freed pages back to the system (see :mod:`engine.memory`)."""
+        rebuilt = False
         size = len(self.legs)
-        if shrinkable(size, self._peak):
+        if size > self._peak:
+            self._peak = size
+        elif shrinkable(size, self._peak):
             self.legs = dict(self.legs)
             self.calls = dict(self.calls)
             self._peak = size
-        self._peak = max(self._peak, size)
+            rebuilt = True
         size = len(self._tombstones)
-        if shrinkable(size, self._tombstone_peak):
+        if size > self._tombstone_peak:
+            self._tombstone_peak = size
+        elif shrinkable(size, self._tombstone_peak):
             self._tombstones = OrderedDict(self._tombstones)
             self._tombstone_peak = size
-        self._tombstone_peak = max(self._tombstone_peak, size)
+            rebuilt = True
+        if rebuilt:
+            give_back()
 
     def _update(
         self, call_id: str, members: tuple[Member, ...], at: float, *, full: bool, trusted: bool = False
@@ -247,12 +261,18 @@ class CallRegistry:
                 del self.calls[leg.call_id]
 
     def _prune(self, now: float) -> None:
+        if now < self._prune_at:
+            return  # the oldest tombstone is younger than the TTL (checked once per event)
         tombstones = self._tombstones
         while tombstones:
             channel_id, at = next(iter(tombstones.items()))
             if now - at < TOMBSTONE_TTL:
-                break
+                # Tombstones are filed oldest first and a refiled one only gets younger,
+                # so nothing expires before this one does.
+                self._prune_at = at + TOMBSTONE_TTL
+                return
             del tombstones[channel_id]
+        self._prune_at = 0.0
 
     # -- queries -----------------------------------------------------------
 

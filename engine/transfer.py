@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
-from engine.chart import FINAL_STATES, STATES, TABLE, ChartModel, TransferChart
+from engine.chart import FINAL_STATES, STATES, TABLE, shared_chart
 from engine.errors import Rejected
 from engine.model import (
     OPS,
@@ -40,8 +41,13 @@ RECHECK_S = 5.0
 UNSENT_RETRY_S = 1.0
 
 
+@lru_cache(maxsize=1024)
 def iso(at: float) -> str:
-    """Event time → the contract's ISO-8601 UTC form with milliseconds."""
+    """Event time → the contract's ISO-8601 UTC form with milliseconds.
+
+    Cached: a transfer's resource is rebuilt on every change and repeats its
+    creation and history times each time (formatting is 4 µs, a hit 0.1 µs).
+    """
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -111,11 +117,11 @@ class Transfer:
         self.original_call_id = original_call_id
         self.created_at = created_at
         self.updated_at = created_at
-        # chart
+        # chart: the state value and its history; moves go through the shared chart
         if state is not None and state not in STATES:
             raise ValueError(f"unknown persisted state {state!r}")
-        self.model = ChartModel(state, history if history is not None else [])
-        self.chart = TransferChart(self.model)
+        self._state: str = state or "idle"
+        self.history: list[dict[str, Any]] = history if history is not None else []
         # facts
         self.attempt = 0
         self.attempt_started_at = created_at
@@ -132,7 +138,9 @@ class Transfer:
         self.transferee_gone = False
         self.complete_sent = False
         self.abort_resent = False  # bounds the re-sent abort of reconcile() to one
-        self.unsent_start = False  # a fallback start that never left, to retry
+        # An automatic request that never left (action, then, channel), to send again
+        # when nothing in the facts decides it anew (a start, a clean-up abort in idle).
+        self.unsent: tuple[Action, tuple[str, str], str] | None = None
         self.reason: str | None = None
         self.pending: Pending | None = None
         self.timers: dict[str, float] = {}  # armed timer tag → deadline
@@ -153,11 +161,17 @@ class Transfer:
 
     @property
     def state(self) -> str:
-        return str(self.model.state)
+        return self._state
+
+    @property
+    def model(self) -> Transfer:
+        """For code written when each transfer had its own chart model: ``model.state`` and
+        ``model.history`` are the transfer's own (the chart is shared now: engine.chart)."""
+        return self
 
     @property
     def final(self) -> bool:
-        return self.model.state in FINAL_STATES
+        return self._state in FINAL_STATES
 
     @property
     def number(self) -> str:
@@ -209,7 +223,7 @@ class Transfer:
             "initiated_by": self.initiated_by,
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
-            "history": [{**h, "at": iso(h["at"])} for h in self.model.history],
+            "history": [{**h, "at": iso(h["at"])} for h in self.history],
         }
 
     # ------------------------------------------------------------------
@@ -497,6 +511,7 @@ class Transfer:
         channel_id: str | None = None,
     ) -> PbxRequest:
         self.seq += 1
+        self.unsent = None  # whatever never left is superseded by this request
         request_id = f"{self.id}/{self.seq}"
         channel = channel_id or self.transferor_channel or ""
         self.pending = Pending(request_id, action, then, by, channel_id=channel)
@@ -517,7 +532,9 @@ class Transfer:
         return request
 
     def _send(self, event: str, at: float, trigger: str) -> None:
-        self.chart.send(event, trigger=trigger, at=at)
+        source = self._state
+        self._state = shared_chart().move(source, event)
+        self.history.append({"at": at, "from": source, "to": self._state, "trigger": trigger})
 
     def _arm(self, kind: str, at: float) -> None:
         tag = f"{kind}#{self.attempt}#{self.seq}"
@@ -623,16 +640,20 @@ class Transfer:
         if pending.action == "start" and self.attempt == 0:
             self._finish(at, "aborted", "pbx_error")
         elif pending.by == "auto":
-            self.unsent_start = pending.action == "start"
+            self.unsent = (pending.action, pending.then, pending.channel_id)
             self._arm("retry", at + UNSENT_RETRY_S)
 
     def _retry_unsent(self, at: float) -> None:
+        """Decide again; if the facts call for nothing (a start or a clean-up
+        while idle, a give-back abort), send the request that never left."""
         if self.final or self.pending is not None:
             return
         self._touch(at)
-        if self.state == "idle" and self.unsent_start:
-            self._request(at, "start", ("consulting", "fallback"), "auto", number=self.number)
         self._decide(at)
+        if self.unsent is not None and self.pending is None and not self.final:
+            action, then, channel = self.unsent
+            number = self.number if action in ("start", "blind") else None
+            self._request(at, action, then, "auto", number=number, channel_id=channel)
 
     def _next_attempt(self, at: float, reason: str, *, from_idle: bool = False) -> None:
         if self.attempt + 1 >= len(self.numbers):
@@ -732,7 +753,6 @@ class Transfer:
         "transferee_gone",
         "complete_sent",
         "abort_resent",
-        "unsent_start",
         "reason",
         "seq",
         "last_error",
@@ -749,7 +769,7 @@ class Transfer:
             "id": self.id,
             "type": self.type,
             "state": self.state,
-            "history": list(self.model.history),
+            "history": list(self.history),
             "policy": self.policy.as_dict(),
             "numbers": list(self.numbers),
             "transferor": [self.transferor_channel, self.transferor_number],
@@ -758,6 +778,7 @@ class Transfer:
             "original_call_id": self.original_call_id,
             "created_at": self.created_at,
             "pending": self.pending.as_dict() if self.pending else None,
+            "unsent": [self.unsent[0], list(self.unsent[1]), self.unsent[2]] if self.unsent else None,
         }
         for name in self._FACTS:
             value = getattr(self, name)
@@ -784,6 +805,11 @@ class Transfer:
         for name in cls._FACTS:
             value = data.get(name, getattr(transfer, name))  # facts added later keep defaults
             setattr(transfer, name, dict(value) if isinstance(value, dict) else value)
+        unsent = data.get("unsent")
+        if unsent:
+            transfer.unsent = (unsent[0], (unsent[1][0], unsent[1][1]), unsent[2])
+        elif data.get("unsent_start"):  # saved before ``unsent`` replaced it
+            transfer.unsent = ("start", ("consulting", "fallback"), transfer.transferor_channel or "")
         pending = data.get("pending")
         if pending:
             transfer.pending = Pending(

@@ -40,8 +40,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine.model import (
     MEMBER_STATUSES,
@@ -64,13 +63,13 @@ ACCOUNT_IP_BLOCKED = 70004
 IP_FORBIDDEN = 70087
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed:
+class Parsed(NamedTuple):
     """One frame, understood.
 
     ``bad`` is set when the frame was dropped (``kind == "bad"``) or when part
     of it (a member) was skipped; ``errcode`` when the frame carried a
-    non-zero one.
+    non-zero one.  A named tuple: one is made per frame on the ingest path,
+    four times faster than a frozen dataclass.
     """
 
     kind: str
@@ -241,8 +240,8 @@ def _call_id(body: dict[str, Any]) -> str | None:
 
 
 def _call_updated(body: dict[str, Any], at: float) -> Parsed:
-    call_id = _call_id(body)
-    if call_id is None:
+    call_id = body.get("call_id")  # _call_id(), inlined: this is every 30011 frame
+    if type(call_id) is not str or not call_id:
         return _bad("missing_call_id")
     parsed = _members(body.get("members"))
     if parsed is None:

@@ -13,6 +13,7 @@ Whatever the order of PBX events, duplicates, operator ops, request results
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -36,6 +37,9 @@ from engine import (
 )
 from engine.model import Command
 from tests.engine.harness import CALL, CONSULT, TARGET, TARGET_NUMBER, TRANSFEREE, TRANSFEROR, Harness, member
+
+#: Fewer examples while mutmut runs the suite once per mutant (RELIABILITY.md, mutation testing).
+EXAMPLES = 300 if os.environ.get("MUTANT_UNDER_TEST") else 1500
 
 LEGS = {
     "target": (CONSULT, "outbound", TARGET_NUMBER, TARGET),
@@ -165,7 +169,7 @@ class Checker:
         self.pending = [r for r in self.pending if r.request_id == live]
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(policy=policies, script=st.lists(steps, max_size=40))
 def test_random_interleavings_keep_the_invariants(policy: Policy, script: list[tuple[Any, ...]]) -> None:
     c = Checker(policy)

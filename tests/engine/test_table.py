@@ -581,7 +581,49 @@ def test_every_cell_has_a_case() -> None:
 
 
 @pytest.mark.parametrize(
-    ("state", "stimulus"), sorted(TABLE), ids=[f"{s}×{x}->{TABLE[s, x]}" for s, x in sorted(TABLE)]
+    ("state", "stimulus"), sorted(TABLE), ids=[f"{s}*{x}->{TABLE[s, x]}" for s, x in sorted(TABLE)]
 )
 def test_cell(state: str, stimulus: str) -> None:
     CASES[(state, stimulus)]()
+
+
+# The table of engine/chart.py's docstring, cell by cell, as handler names:
+# - ignore, 409 reject, note record the fact, op send the op, res a request's result,
+# rec reconcile an unknown outcome, time a timer expiry.
+GRID = {
+    #                    idle  consulting swapped threeway completed aborted
+    "start_accepted":    "res   -     -     -     -     -",
+    "start_refused":     "res   -     -     -     -     -",
+    "target_ringing":    "note  note  note  -     -     -",
+    "target_answered":   "note  note  note  -     -     -",
+    "target_busy":       "note  note  note  -     -     -",
+    "target_hangup":     "note  note  note  note  -     -",
+    "transferee_hangup": "note  note  note  note  -     -",
+    "transferor_hangup": "note  note  note  note  -     -",
+    "timeout":           "-     time  time  -     -     -",
+    "op_complete":       "409   op    op    op    409   409",
+    "op_abort":          "409   op    op    op    409   409",
+    "op_swap":           "409   op    op    409   409   409",
+    "op_threeway":       "409   op    op    409   409   409",
+    "result_ok":         "res   res   res   res   -     -",
+    "result_refused":    "res   res   res   res   -     -",
+    "result_unknown":    "rec   rec   rec   rec   -     -",
+}  # fmt: skip
+HANDLERS = {
+    "-": "ignore", "409": "reject", "note": "note", "op": "operate", "res": "result",
+    "rec": "reconcile", "time": "timeout",
+}  # fmt: skip
+
+
+def test_the_table_is_the_documented_grid() -> None:
+    """Built afresh (not the copy made at import), the table is the docstring's, cell by cell."""
+    from engine.chart import _table
+
+    built = _table()
+    assert set(GRID) == set(STIMULI)
+    for stimulus, row in GRID.items():
+        cells = row.split()
+        assert len(cells) == len(STATES), stimulus
+        for state, cell in zip(STATES, cells, strict=True):
+            assert built[(state, stimulus)] == HANDLERS[cell], f"{state} × {stimulus}"
+    assert built == TABLE
