@@ -35,6 +35,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -103,6 +104,39 @@ class StoreError(Exception):
     """
 
 
+class StaleFence(StoreError):
+    """A fenced write was refused: the writer no longer holds the PBX's lease
+    with that token (another instance owns the PBX now, or the lease expired).
+
+    Nothing was written, and the requests the write would have decided must
+    never be sent: the instance that wrote it has lost the right to act.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """One transfer's row as a decision leaves it (what :meth:`TransferStore.commit` writes)."""
+
+    transfer_id: str
+    resource: Mapping[str, Any]
+    export: Mapping[str, Any]
+    final: bool
+    pbx: str = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """Proof of ownership carried by a write: ``owner`` holds the lease of ``pbx``
+    with fencing ``token`` (which grows on every grant).  A store that shares
+    PBXs between instances refuses a write whose fence is not the lease's
+    current one (:class:`StaleFence`); a single-instance store has no leases
+    and accepts every write."""
+
+    pbx: str
+    owner: str
+    token: int
+
+
 class TransferStore(Protocol):
     """What the runtime and the control API need from a store.
 
@@ -119,6 +153,13 @@ class TransferStore(Protocol):
         final: bool,
         pbx: str = "default",
     ) -> None: ...
+    async def commit(self, rows: Sequence[Saved], fence: Fence | None = None) -> None:
+        """Write ``rows`` in one transaction, durable when this returns (group
+        commit: the decisions of one loop turn cost one fsync / round trip).
+        With a ``fence``, raise :class:`StaleFence` (writing nothing) unless
+        the fence is still the current lease of its PBX."""
+        ...
+
     async def load_active(self, pbx: str = "default") -> list[dict[str, Any]]: ...
     async def get(self, transfer_id: str) -> dict[str, Any] | None: ...
     async def recent(
@@ -179,23 +220,24 @@ class SqliteStore:
         final: bool,
         pbx: str = "default",
     ) -> None:
-        row = (
-            transfer_id,
-            pbx,
-            str(resource["state"]),
-            int(final),
-            json.dumps(resource, separators=(",", ":")),
-            json.dumps(export, separators=(",", ":")),
-            str(resource["created_at"]),
-            str(resource["updated_at"]),
-        )
-        self._write(
-            "INSERT INTO transfers (id, pbx, state, final, resource, export, created_at, updated_at)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-            " ON CONFLICT (id) DO UPDATE SET state = excluded.state, final = excluded.final,"
-            " resource = excluded.resource, export = excluded.export, updated_at = excluded.updated_at",
-            row,
-        )
+        self.commit_now([Saved(transfer_id, resource, export, final, pbx)])
+
+    async def commit(self, rows: Sequence[Saved], fence: Fence | None = None) -> None:
+        """All ``rows`` in one fsynced transaction.  SQLite is the single-instance
+        store: there are no leases, so ``fence`` is accepted as it is."""
+        self.commit_now(rows)
+
+    def commit_now(self, rows: Sequence[Saved]) -> None:
+        """:meth:`commit` without leaving the caller's turn of the loop (SQLite is local)."""
+        if not rows:
+            return
+        try:
+            with self._transaction():
+                self._db.executemany(_UPSERT, [_row(saved) for saved in rows])
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.rollback()
+            raise self._error("cannot write", exc) from None
 
     async def load_active(self, pbx: str = "default") -> list[dict[str, Any]]:
         """Exports of ``pbx``'s transfers that were not final, oldest first (restore order)."""
@@ -320,6 +362,28 @@ class SqliteStore:
 
     def _error(self, what: str, exc: sqlite3.Error) -> StoreError:
         return StoreError(f"store {self.path}: {what}: {exc}")
+
+
+_UPSERT = (
+    "INSERT INTO transfers (id, pbx, state, final, resource, export, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET state = excluded.state, final = excluded.final,"
+    " resource = excluded.resource, export = excluded.export, updated_at = excluded.updated_at"
+)
+
+
+def _row(saved: Saved) -> tuple[Any, ...]:
+    resource = saved.resource
+    return (
+        saved.transfer_id,
+        saved.pbx,
+        str(resource["state"]),
+        int(saved.final),
+        json.dumps(resource, separators=(",", ":")),
+        json.dumps(saved.export, separators=(",", ":")),
+        str(resource["created_at"]),
+        str(resource["updated_at"]),
+    )
 
 
 def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
