@@ -113,6 +113,8 @@ class Recorder(Observer):
     The ``meta`` line is written at construction; :meth:`close` writes the
     ``end`` line.  Offsets are seconds since construction, to the millisecond.
     ``pbx``: the platform settings a replay needs (``meta.pbx``).
+    ``rules``: the routing rules the service runs with (a rules file's
+    content, ``meta.rules``), so a replay starts the same rule transfers.
     """
 
     def __init__(
@@ -126,6 +128,7 @@ class Recorder(Observer):
         description: str = "",
         clock: Clock = time.time,
         pbx: dict[str, Any] | None = None,
+        rules: dict[str, Any] | None = None,
     ) -> None:
         if platform not in ("yeastar", "webex"):
             raise ValueError(f"recording supports the yeastar and webex platforms, not {platform!r}")
@@ -145,6 +148,7 @@ class Recorder(Observer):
                 "policy": policy.as_dict(),
                 "start": self.start,
                 "xferd": xferd_version(),
+                "rules": rules,
             }
         )
         self._write(meta)

@@ -158,23 +158,32 @@ class RulesFile(_Table):
 
 def load(path: str | Path) -> RuleSet:
     """Read and compile a rules file; :class:`RulesError` (one line) if it cannot be used."""
+    return load_with_data(path)[0]
+
+
+def load_with_data(path: str | Path) -> tuple[RuleSet, dict[str, Any]]:
+    """:func:`load`, also returning the file's content as data (what a recording keeps as ``meta.rules``)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise RulesError(f"rules error in {path}: cannot read the file: {reason}") from None
-    return parse(text, str(path))
+    return _parse(text, str(path))
 
 
 def parse(text: str, source: str = "rules") -> RuleSet:
     """Compile the rules file ``text`` (``source`` names it in errors)."""
+    return _parse(text, source)[0]
+
+
+def _parse(text: str, source: str) -> tuple[RuleSet, dict[str, Any]]:
     prefix = f"rules error in {source}"
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RulesError(f"{prefix}: not valid TOML: {exc}") from None
-    return compile_data(data, text, prefix)
+    return compile_data(data, text, prefix), data
 
 
 def compile_data(data: Mapping[str, Any], text: str, prefix: str) -> RuleSet:
@@ -196,12 +205,12 @@ def compile_data(data: Mapping[str, Any], text: str, prefix: str) -> RuleSet:
             raise RulesError(f"{where}: {exc.field}: {exc}") from None
     rules: list[Rule] = []
     names: set[str] = set()
-    for index, table in enumerate(parsed.rules):
-        where = f'{prefix}: rule "{table.name}"'
-        if table.name in names:
+    for index, rule_table in enumerate(parsed.rules):
+        where = f'{prefix}: rule "{rule_table.name}"'
+        if rule_table.name in names:
             raise RulesError(f"{where}: name: two rules have this name")
-        names.add(table.name)
-        rules.append(_rule(table, index, text, where, default_zone, parsed.zone, calendars))
+        names.add(rule_table.name)
+        rules.append(_rule(rule_table, index, text, where, default_zone, parsed.zone, calendars))
     return RuleSet(tuple(rules), calendars, parsed.max_auto_transfers)
 
 
@@ -386,13 +395,16 @@ class RulesHolder:
 
     path: Path
     ruleset: RuleSet
+    #: the file's content as loaded (a recording's ``meta.rules``)
+    data: dict[str, Any] = field(default_factory=dict)
     loaded_at: float = field(default_factory=time.time)
     reloads: int = 0
     last_error: str | None = None
 
     @classmethod
     def open(cls, path: Path) -> RulesHolder:
-        return cls(path, load(path))
+        ruleset, data = load_with_data(path)
+        return cls(path, ruleset, data)
 
     def attach(self, service: Service) -> None:
         """Give every PBX's engine the rules (an id prefix per PBX when there are several)."""
@@ -407,7 +419,7 @@ class RulesHolder:
     def reload(self, service: Service) -> RuleSet:
         """Load the file again; swap it in only if valid.  Raises :class:`RulesError` (old rules kept)."""
         try:
-            ruleset = load(self.path)
+            ruleset, self.data = load_with_data(self.path)
         except RulesError as exc:
             self.last_error = str(exc)
             log.error("rules_reload_refused", error=str(exc))

@@ -153,13 +153,14 @@ class Service:
         if adapter is not None:
             injected[config.pbx[0].name] = adapter
         self.recorder: Recorder | None = None
-        self.units: dict[str, Unit] = {}
-        for pbx in config.pbx:
-            self.units[pbx.name] = self._unit(pbx, injected.get(pbx.name))
         #: The routing rules file and what it holds (None: no ``[rules] path``).
         self.rules: RulesHolder | None = None
         if config.rules.path is not None:
             self.rules = RulesHolder.open(config.rules.path)  # RulesError: one line
+        self.units: dict[str, Unit] = {}
+        for pbx in config.pbx:
+            self.units[pbx.name] = self._unit(pbx, injected.get(pbx.name))
+        if self.rules is not None:
             self.rules.attach(self)
             self.metrics.registry.register(RulesCollector(self))
         self.app = create_app(self, request_timeout_s=REQUEST_TIMEOUT_S)
@@ -183,6 +184,8 @@ class Service:
                 policy=config.policy_of(pbx).engine_policy(),
                 secrets=secrets_of(config),
                 pbx=recorded_settings(pbx),
+                # The rules as loaded at start (a SIGHUP reload later is not re-recorded).
+                rules=self.rules.data if self.rules is not None else None,
             )
             adapter = adapter or build_adapter(pbx, Tee(self.observer, self.recorder), credentials)
             runtime = RecordingRuntime(

@@ -104,3 +104,44 @@ async def test_service_records_a_webex_run_from_its_webhooks(tmp_path: Path) -> 
     assert report.passed, report.details()
     assert [made.request.action for made in report.made] == ["start", "complete"]
     assert report.frames >= 6  # the deliveries: ringing, connected, held, the consultation's, the ends
+
+
+async def test_a_recording_keeps_the_rules_so_rule_transfers_replay(tmp_path: Path) -> None:
+    """With ``[rules] path`` the scenario carries the rules (``meta.rules``): replayed, the
+    rule starts the same transfer by itself (without them the replay would see a
+    ``call/transfer`` nobody asked for)."""
+    sim = PbxSimulator(SimConfig())
+    await sim.start()
+    try:
+        sim.add_extension("2000", Phone(answer_after=0.05))
+        sim.add_extension("2005", Phone(answer_after=0.1))
+        rules = tmp_path / "rules.toml"
+        rules.write_text(
+            '[[rules]]\nname = "reception"\non = "call.answered"\nextensions = ["2000"]\n'
+            'then = { attended = "2005", policy = { on_answer = "complete" } }\n'
+        )
+        path = write_config(tmp_path / "xferd.toml", sim, tmp_path / "s.db", no_answer_timeout_s=5)
+        path.write_text(path.read_text() + '[record]\npath = "rules.jsonl"\n[rules]\npath = "rules.toml"\n')
+        service = Service(load(path, {"XFERD_PBX_CLIENT_SECRET": sim.config.client_secret}))
+        await service.start()
+        try:
+            await sim.wait_for(lambda: service.runtime.adapter.connected)  # the answer must be seen live
+            sim.place_call("5550100", "2000", inbound_trunk="stc")
+
+            def completed() -> bool:
+                return any(
+                    view["state"] == "completed" and view["initiated_by"] == "rule:reception"
+                    for view in service.runtime.recent_finished()
+                )
+
+            await sim.wait_for(completed, timeout=10)
+        finally:
+            await service.stop()
+    finally:
+        await sim.stop()
+
+    scenario = read(tmp_path / "rules.jsonl")
+    assert scenario.meta.rules is not None and scenario.meta.rules["rules"][0]["name"] == "reception"
+    report = replay(scenario)
+    assert report.passed, report.details()
+    assert [made.request.action for made in report.made] == ["start", "complete"]
