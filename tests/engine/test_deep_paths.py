@@ -247,3 +247,43 @@ def test_a_refused_clean_up_after_the_answered_target_hung_up_ends_the_transfer(
     abort = only_request(h.target("BYE"))
     h.result(abort, "refused", errcode=10004)
     assert final(h) == ("aborted", "target_hangup")
+
+
+def test_a_refused_threeway_policy_is_not_asked_again_while_its_give_back_abort_waits() -> None:
+    """Threeway policy refused → give-back abort, which the store could not record: the
+    retry sends that abort, and the policy's threeway is never asked a second time."""
+    h = Harness()
+    h.consulting(on_answer="threeway")
+    threeway = only_request(h.target("ANSWER"))
+    assert threeway.action == "threeway"
+    abort = only_request(h.result(threeway, "refused", errcode=10004))
+    assert abort.action == "abort"
+    h.feed(RequestFinished(h.now, "t1", abort.request_id, "refused", errmsg="not sent", sent=False))
+    again = only_request(h.fire("retry"))
+    assert again.action == "abort"
+    assert len(h.requests("threeway")) == 1
+    h.result(again)
+    assert final(h) == ("aborted", "pbx_error")
+
+
+def test_an_abort_twice_unknown_with_only_the_hold_left_still_dials_the_fallback() -> None:
+    """The target was busy: the consultation's abort timed out twice, and the PBX shows the
+    target leg gone with the transferee still held.  Only the hold is left, so the abort
+    counts as done and the next number is dialled (not taken as a refusal that ends it)."""
+    h = Harness()
+    h.consulting(fallback_numbers=["5503302"])
+    abort = only_request(h.failed())
+    assert abort.action == "abort"
+    h.ended(CONSULT)
+    view = _legs(transferee="HOLD", target=None)
+    h.result(abort, "unknown")
+    h.snapshot(*view)
+    h.fire("recheck")
+    again = only_request(h.snapshot(*view))
+    assert again.action == "abort" and again.request_id != abort.request_id
+    h.result(again, "unknown")
+    h.snapshot(*view)
+    h.fire("recheck")
+    fallback = only_request(h.snapshot(*view))
+    assert (fallback.action, fallback.number) == ("start", "5503302")
+    assert h.state() != "aborted"
