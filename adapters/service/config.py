@@ -456,6 +456,8 @@ def _merge_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
                 entries[0][key] = value
         elif isinstance(data.get(table, {}), dict):
             data.setdefault(table, {})[key] = value
+            if (table, key) == ("store", "url"):
+                data["store"].pop("path", None)  # the environment's database replaces the file's SQLite
     for entry in entries:
         if not isinstance(entry, dict):
             continue
