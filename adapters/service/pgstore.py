@@ -14,9 +14,11 @@ past its lease and woke up).  The PBX cannot tell them apart, so the store
 does: :meth:`PgStore.commit` with a :class:`~adapters.service.store.Fence`
 checks, in the same transaction as the writes, that the fence is still the
 lease's current grant (``SELECT 1 FROM xferd_leases WHERE pbx=… AND owner=…
-AND token=… AND expires_at > now() FOR SHARE``).  No row: the transaction is
-rolled back and :class:`~adapters.service.store.StaleFence` raised, so the
-decision is not written and its requests are never sent.  ``FOR SHARE`` makes
+AND token=… AND expires_at > now() FOR SHARE``).  No row: nothing is written
+and :class:`~adapters.service.store.StaleFence` is raised, so the decision's
+requests are never sent.  The check and the writes are one statement (the
+check a ``FOR SHARE`` CTE the ``INSERT … SELECT`` depends on): one round trip
+per group commit, and a statement is its own transaction.  ``FOR SHARE`` makes
 a concurrent grant (an ``UPDATE`` of that lease row) wait for the commit, so a
 write cannot slip in after the lease moved on; ``now()`` is the database's
 clock, never an instance's.
@@ -138,12 +140,29 @@ _FENCE = (
     "SELECT 1 FROM xferd_leases WHERE pbx = %s AND owner = %s AND token = %s AND expires_at > now() FOR SHARE"
 )
 
-_UPSERT = (
-    "INSERT INTO xferd_transfers (id, pbx, state, final, resource, export, created_at, updated_at)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+_COLUMNS = "id, pbx, state, final, resource, export, created_at, updated_at"
+_ROW = "(%s, %s, %s, %s::boolean, %s::jsonb, %s::jsonb, %s, %s)"
+_ON_CONFLICT = (
     " ON CONFLICT (id) DO UPDATE SET pbx = excluded.pbx, state = excluded.state, final = excluded.final,"
     " resource = excluded.resource, export = excluded.export, updated_at = excluded.updated_at"
 )
+
+
+def _upsert(count: int, fenced: bool) -> str:
+    """One statement writing ``count`` rows (one round trip, atomic in autocommit).
+
+    Fenced, the lease check is a ``FOR SHARE`` CTE of the same statement — the
+    same transaction — and the rows are inserted only if it found the lease;
+    ``RETURNING`` then tells a refusal (no row) from a write."""
+    values = ", ".join([_ROW] * count)
+    if not fenced:
+        return f"INSERT INTO xferd_transfers ({_COLUMNS}) VALUES {values}{_ON_CONFLICT}"
+    return (
+        f"WITH fence AS ({_FENCE}) INSERT INTO xferd_transfers ({_COLUMNS})"
+        f" SELECT * FROM (VALUES {values}) AS v ({_COLUMNS}) WHERE EXISTS (SELECT 1 FROM fence)"
+        f"{_ON_CONFLICT} RETURNING 1"
+    )
+
 
 #: Seconds to wait for a connection (to connect, or for a free one in the pool).
 CONNECT_TIMEOUT_S = 5.0
@@ -264,15 +283,12 @@ class PgStore:
         """:meth:`commit` from code that cannot ``await`` (the synchronous connection)."""
         if not rows:
             return
-        params = _rows(rows)
+        sql, params = _statement(rows, fence)
 
         def write(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction(), conn.cursor() as cur:
-                if fence is not None:
-                    cur.execute(_FENCE, (fence.pbx, fence.owner, fence.token))
-                    if cur.fetchone() is None:
-                        raise _stale(fence)
-                cur.executemany(_UPSERT, params)
+            cur = conn.execute(sql, params)
+            if fence is not None and cur.rowcount == 0:
+                raise _stale(fence)
 
         self._sync_run("cannot write", write)
 
@@ -281,15 +297,12 @@ class PgStore:
         :class:`StaleFence` (nothing written) unless it is the PBX's current lease."""
         if not rows:
             return
-        params = _rows(rows)
+        sql, params = _statement(rows, fence)
 
         async def write(conn: psycopg.AsyncConnection[Any]) -> None:
-            async with conn.transaction(), conn.cursor() as cur:
-                if fence is not None:
-                    await cur.execute(_FENCE, (fence.pbx, fence.owner, fence.token))
-                    if await cur.fetchone() is None:
-                        raise _stale(fence)
-                await cur.executemany(_UPSERT, params)
+            cur = await conn.execute(sql, params)
+            if fence is not None and cur.rowcount == 0:
+                raise _stale(fence)
 
         await self._run("cannot write", write)
 
@@ -507,15 +520,17 @@ def _stale(fence: Fence) -> StaleFence:
     )
 
 
-def _rows(rows: Sequence[Saved]) -> list[tuple[Any, ...]]:
-    """Parameters of the upsert, one row per transfer (the last of several saves of one transfer
-    in a batch wins: one statement may not update a row twice)."""
+def _statement(rows: Sequence[Saved], fence: Fence | None) -> tuple[str, tuple[Any, ...]]:
+    """The upsert of ``rows`` (fenced or not) and its parameters.  One row per transfer:
+    the last of several saves of one transfer in a batch wins (one statement may not
+    update a row twice)."""
     last: dict[str, Saved] = {}
     for saved in rows:
         last.pop(saved.transfer_id, None)
         last[saved.transfer_id] = saved
-    return [
-        (
+    params: list[Any] = [] if fence is None else [fence.pbx, fence.owner, fence.token]
+    for saved in last.values():
+        params += (
             saved.transfer_id,
             saved.pbx,
             str(saved.resource["state"]),
@@ -525,8 +540,7 @@ def _rows(rows: Sequence[Saved]) -> list[tuple[Any, ...]]:
             str(saved.resource["created_at"]),
             str(saved.resource["updated_at"]),
         )
-        for saved in last.values()
-    ]
+    return _upsert(len(last), fence is not None), tuple(params)
 
 
 def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:
