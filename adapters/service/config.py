@@ -278,9 +278,9 @@ class StoreConfig(_Table):
     Used unless `url` is set."""
     url: SecretStr | None = None
     """A PostgreSQL database instead of the SQLite file, as a libpq URL:
-    `postgresql://user:password@host:5432/dbname` (also env `XFERD_STORE_URL`). Needed to run
-    several instances; the service creates its tables at start. Treated as a secret (it may hold a
-    password): messages show it with the password replaced by `***`."""
+    `postgresql://user:password@host:5432/dbname`. Needed to run several instances; the service
+    creates its tables at start. Treated as a secret (it may hold a password): messages show it
+    with the password replaced by `***`."""
 
     @field_validator("url")
     @classmethod

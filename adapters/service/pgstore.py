@@ -131,6 +131,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
+#: The tables the migrations create (names the docs may mention besides metrics).
+TABLES = (
+    "xferd_schema", "xferd_transfers", "xferd_idempotency_keys", "xferd_audit", "xferd_credentials",
+    "xferd_instances", "xferd_leases",
+)  # fmt: skip
+
 _SCHEMA_TABLE = (
     "CREATE TABLE IF NOT EXISTS xferd_schema ("
     " version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
