@@ -67,6 +67,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb, set_json_dumps
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -172,6 +174,21 @@ def _upsert(count: int, fenced: bool) -> str:
 
 #: Seconds to wait for a connection (to connect, or for a free one in the pool).
 CONNECT_TIMEOUT_S = 5.0
+#: Seconds a statement may take on the server (``statement_timeout``); the client gives up
+#: on an answer a little later (a silent network).  A decision waits at most this long.
+STATEMENT_TIMEOUT_S = 5.0
+#: After a failed reconnect of the synchronous connection, writes fail at once for this long
+#: instead of blocking the event loop on another connection attempt.
+RECONNECT_PAUSE_S = 1.0
+#: libpq settings for every connection unless the URL sets them: notice a dead server or a
+#: silent network within seconds, not after the kernel's two hours (library notes).
+_LIBPQ_DEFAULTS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 #: Connections in the asyncio pool: reads and commits of every PBX of this instance.
 POOL_SIZE = 4
 
@@ -228,13 +245,22 @@ class PgStore:
     """
 
     def __init__(
-        self, url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S, pool_size: int = POOL_SIZE
+        self,
+        url: str,
+        *,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        statement_timeout_s: float = STATEMENT_TIMEOUT_S,
+        pool_size: int = POOL_SIZE,
     ) -> None:
         self.url = url
         #: The URL without its password: how messages name this store.
         self.where = redact_url(url)
         self._connect_timeout_s = connect_timeout_s
+        self._statement_timeout_s = statement_timeout_s
         self._pool_size = pool_size
+        self._settings = _settings(url, connect_timeout_s)
+        self._reconnect_after = 0.0
+        self._reconnect_error: StoreError | None = None
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._closing: list[asyncio.Task[None]] = []
@@ -249,16 +275,24 @@ class PgStore:
     # -- start-up ------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(
-                self.url, autocommit=True, connect_timeout=max(1, round(self._connect_timeout_s))
-            )
+            conn = psycopg.connect(self.url, **self._settings)
+            conn.execute(self._set_timeout())
+            return conn
         except psycopg.Error as exc:
             raise self._error("cannot connect", exc) from None
+
+    def _set_timeout(self) -> sql.Composed:
+        return sql.SQL("SET statement_timeout = {}").format(round(self._statement_timeout_s * 1000))
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """A new pooled connection: the statement timeout (the pool then keeps it idle)."""
+        await conn.execute(self._set_timeout())
 
     @staticmethod
     def _migrate(conn: psycopg.Connection[Any]) -> None:
         """Apply the migrations this database lacks, one instance at a time."""
         with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 0")  # another instance may be migrating
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute(_SCHEMA_TABLE)
             row = conn.execute("SELECT coalesce(max(version), 0) FROM xferd_schema").fetchone()
@@ -437,7 +471,8 @@ class PgStore:
             if conn is None or conn.closed or conn.broken:
                 if conn is not None:
                     conn.close()
-                self._sync = conn = self._connect()
+                    self._sync = None
+                conn = self._reconnect()
             try:
                 result = action(conn)
                 if isinstance(result, psycopg.Cursor):
@@ -453,6 +488,20 @@ class PgStore:
                 raise self._error(what, exc) from None
         raise AssertionError("unreachable")
 
+    def _reconnect(self) -> psycopg.Connection[Any]:
+        """A new synchronous connection, or the last failure again if it is recent (the
+        event loop must not wait for a connection attempt at every decision while the
+        database is away)."""
+        if self._reconnect_error is not None and time.monotonic() < self._reconnect_after:
+            raise self._reconnect_error
+        try:
+            self._sync = self._connect()
+        except StoreError as exc:
+            self._reconnect_error, self._reconnect_after = exc, time.monotonic() + RECONNECT_PAUSE_S
+            raise
+        self._reconnect_error = None
+        return self._sync
+
     async def _pool_for_loop(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         """The asyncio pool of the running loop (created on first use; a new loop gets a new pool)."""
         loop = asyncio.get_running_loop()
@@ -461,7 +510,8 @@ class PgStore:
                 self.url,
                 min_size=1,
                 max_size=self._pool_size,
-                kwargs={"autocommit": True, "connect_timeout": max(1, round(self._connect_timeout_s))},
+                kwargs=self._settings,
+                configure=self._configure,
                 timeout=self._connect_timeout_s,
                 open=False,
                 name="xferd-store",
@@ -473,15 +523,22 @@ class PgStore:
     async def _run(self, what: str, action: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Run ``action`` on a pooled connection; once more on another if the server dropped it."""
         pool = await self._pool_for_loop()
+        # The server stops a statement after statement_timeout; this bounds a silent network.
+        answer_within = self._statement_timeout_s + 2
         for attempt in (1, 2):
             try:
                 async with pool.connection() as conn:
                     try:
-                        return await action(conn)
+                        async with asyncio.timeout(answer_within):
+                            return await action(conn)
                     except psycopg.OperationalError:
                         if attempt == 1 and (conn.closed or conn.broken):
                             raise _Retry() from None
                         raise
+            except TimeoutError:
+                raise StoreError(
+                    f"store {self.where}: {what}: no answer from PostgreSQL within {answer_within:g} s"
+                ) from None
             except _Retry:
                 # Its idle siblings were most likely dropped too (a server restart drops all):
                 # test them all now rather than fail once per connection.
@@ -517,6 +574,19 @@ class PgStore:
 
 class _Retry(Exception):
     """Internal: the pooled connection was dropped; take another."""
+
+
+def _settings(url: str, connect_timeout_s: float) -> dict[str, Any]:
+    """Connection parameters: autocommit, the connect timeout, and :data:`_LIBPQ_DEFAULTS`
+    where the URL does not choose."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        given = {}  # psycopg.connect reports the bad URL (without the password)
+    defaults = {"connect_timeout": max(1, round(connect_timeout_s)), **_LIBPQ_DEFAULTS}
+    settings: dict[str, Any] = {"autocommit": True}
+    settings.update({key: value for key, value in defaults.items() if key not in given})
+    return settings
 
 
 def _stale(fence: Fence) -> StaleFence:
