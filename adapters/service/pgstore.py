@@ -272,6 +272,13 @@ class PgStore:
             self._sync.close()
             raise self._error("cannot migrate the schema", exc) from None
 
+    @property
+    def connect_settings(self) -> dict[str, Any]:
+        """``psycopg.connect(store.url, **store.connect_settings)``: the parameters of this
+        store's connections (autocommit, timeouts, keepalives), for a module that needs a
+        connection of its own — the HA lease holder keeps its locks on one (library notes)."""
+        return dict(self._settings)
+
     # -- start-up ------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         try:

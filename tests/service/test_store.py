@@ -464,3 +464,19 @@ async def test_while_the_database_is_away_a_save_fails_fast(pg: Any, monkeypatch
     pg._reconnect_after = 0.0  # the pause is over
     pg.save("a", resource("a", "consulting", "x"), {"n": 3}, False)
     assert await pg.load_active() == [{"n": 3}]
+
+
+def test_connect_settings_keep_what_the_url_chose(pg_url: str) -> None:
+    from adapters.service.pgstore import PgStore
+
+    store = PgStore(f"{pg_url}?keepalives_idle=30")
+    try:
+        settings = store.connect_settings
+        assert settings["autocommit"] is True and settings["tcp_user_timeout"] == 10_000
+        assert "keepalives_idle" not in settings  # the URL's 30 stands
+        import psycopg
+
+        with psycopg.connect(store.url, **settings) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        store.close()
