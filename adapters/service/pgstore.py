@@ -30,15 +30,24 @@ clock, never an instance's.
   fenced :meth:`commit`, audit and credentials;
 * one synchronous connection for the write-ahead :meth:`save` /
   :meth:`commit_now`, which callers that cannot ``await`` still use: it blocks
-  the loop for one transaction on the database (like SQLite's fsync does),
-  which is exactly the write-ahead contract — the request waits for the row.
+  the loop for one round trip and commit (as SQLite's fsync does), which is
+  exactly the write-ahead contract — the request waits for the row.
 
 Every statement runs in autocommit mode unless it is part of an explicit
 transaction (a read is one round trip).  A connection the server dropped
 (PostgreSQL restarted) is replaced — with the pool's other idle connections,
 which the restart dropped too — and the operation tried once more; every
-write is idempotent (an upsert of the same rows) except the audit append,
-whose retry happens only after a failure *before* its commit was answered.
+write is idempotent (an upsert of the same rows) except the audit append: a
+connection lost between its commit and the answer lists those entries twice.
+
+**Bounded waits.**  A decision must not wait for ever on a database that went
+silent: every connection sets ``statement_timeout`` (5 s: a lock held by a
+stuck lease writer), the async path stops waiting for an answer 2 s later (a
+silent network), and libpq's TCP keepalives and ``tcp_user_timeout`` notice
+a dead peer within seconds (the URL may choose its own values).  The
+synchronous path has no client-side timeout of its own beyond those; after a
+failed reconnect it fails at once for :data:`RECONNECT_PAUSE_S` rather than
+block the loop on a connection attempt per decision.
 
 **Migrations.**  Numbered, in :data:`MIGRATIONS`; the ones not yet in
 ``xferd_schema`` are applied at start in one transaction that first takes a
