@@ -100,6 +100,8 @@ async def outcome(
     """Answer once the PBX answered ``request`` (if any): ``status`` + resource, or 502."""
     if request is not None:
         result = await runtime.wait_result(request.request_id, ctx.result_timeout_s)
+        # What the answer shows (a refusal's final state too) is in the store that lists read.
+        await runtime.wal.barrier()
         if result is None or result.outcome == "unknown":
             raise ApiError(
                 502,
