@@ -154,9 +154,15 @@ class Controller:
         ) as http:
 
             async def one(body: dict[str, Any]) -> list[Any]:
+                nonlocal retries
                 began = time.perf_counter()
                 try:
                     response = await http.post(url, json=body, params=params)
+                    # A full admission queue answers 503 + Retry-After: a client waits and asks again.
+                    while response.status_code == 503 and "retry-after" in response.headers:
+                        retries += 1
+                        await asyncio.sleep(float(response.headers["retry-after"]))
+                        response = await http.post(url, json=body, params=params)
                     answer = response.json()
                     status, ident = (
                         response.status_code,
@@ -166,6 +172,7 @@ class Controller:
                     status, ident = 0, type(exc).__name__
                 return [status, ident, time.perf_counter() - began]
 
+            retries = 0
             loop = asyncio.get_running_loop()
             started = loop.time()
             tasks = []
@@ -176,7 +183,14 @@ class Controller:
                         await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(one(body)))
             answers = await asyncio.gather(*tasks)
-        return {"answers": answers, "seconds": loop.time() - started}
+        return {"answers": answers, "seconds": loop.time() - started, "retries": retries}
+
+    async def close_after_answer(self, close: bool) -> dict[str, Any]:
+        """Whether the simulator closes each HTTP connection after its answer (a P-Series does)."""
+        if self.sim is None:
+            raise RuntimeError("no simulator: setup first")
+        self.sim.config.close_after_answer = close
+        return {"ok": True}
 
     async def stats(self) -> dict[str, Any]:
         sim = self.sim
@@ -214,6 +228,7 @@ async def main() -> None:
                 "setup": controller.setup,
                 "background": controller.background,
                 "post": controller.post,
+                "close_after_answer": controller.close_after_answer,
                 "stats": controller.stats,
                 "teardown": controller.teardown,
             }
