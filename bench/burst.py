@@ -79,7 +79,8 @@ async def _burst(
                 stats = await _wait_completes(sim, count, 60)
                 elapsed = time.perf_counter() - t0
                 wal = service.runtime.wal
-                commits, rows_written, entries, commit_s = wal.commits, wal.rows, wal.entries, wal.commit_seconds
+                commits, rows_written, entries = wal.commits, wal.rows, wal.entries
+                commit_s = wal.commit_seconds
             finally:
                 await service.stop()
         await sim.ask("teardown", timeout_s=30)
@@ -106,9 +107,10 @@ async def _burst(
         f"p50 {p50:.1f} ms, max {worst:.1f} ms; {store} store; {count} transfers POSTed at once "
         f"(answers {', '.join(f'{c}: {n}' for c, n in sorted(codes.items()))}; "
         f"{posted.get('retries', 0)} retried after 503), targets answering {low}-{high} s after ringing; "
-        f"{len(latencies)} samples; exactly one complete for {exactly_one}/{count}, more than one for {more}; "
-        f"all completes in {elapsed:.2f} s; group commit: {commits} commits, {rows_written} rows "
-        f"({rows_written / max(commits, 1):.1f}/commit), {entries} command batches, {commit_s * 1000:.0f} ms in commit; "
+        f"{len(latencies)} samples; exactly one complete for {exactly_one}/{count}, "
+        f"more than one for {more}; all completes in {elapsed:.2f} s; group commit: {commits} commits, "
+        f"{rows_written} rows ({rows_written / max(commits, 1):.1f}/commit), {entries} command batches, "
+        f"{commit_s * 1000:.0f} ms in commit; "
         f"{goal(met, f'p50 <= {p50_goal:.0f} ms, p99 <= {p99_goal:.0f} ms, exactly one complete each')}",
         met,
     )
@@ -133,9 +135,8 @@ def _with_pg(config: Any, url: str) -> Any:
 async def _pg_database() -> AsyncIterator[str | None]:
     """A fresh PostgreSQL database for one run (dropped after), or None when that cannot be had."""
     try:
-        import psycopg
-
         import adapters.service.pgstore  # noqa: F401 - only whether the PostgreSQL store exists
+        import psycopg
     except ImportError:
         yield None
         return
@@ -194,8 +195,9 @@ async def run_pbx_connection(sizes: Sizes) -> list[Figure]:
             f"closes after each answer (a P-Series does), a new TCP connection each; kept open and reused: "
             f"{reused:.2f} ms (p99 {percentile(per[False], 99) * 1000:.2f} vs "
             f"{percentile(per[True], 99) * 1000:.2f} ms); reuse saves {saved:.2f} ms per request "
-            f"({saved / closing * 100:.0f} %); client CPU per request {cpu[True] / len(per[True]) * 1000:.2f} ms "
-            f"new connection vs {cpu[False] / len(per[False]) * 1000:.2f} ms reused; "
+            f"({saved / closing * 100:.0f} %); client CPU per request "
+            f"{cpu[True] / len(per[True]) * 1000:.2f} ms new connection vs "
+            f"{cpu[False] / len(per[False]) * 1000:.2f} ms reused; "
             f"{sizes.connection_rounds} alternating rounds; no goal",
         )
     ]

@@ -240,6 +240,12 @@ class ApiConfig(_Table):
     are configured, when `listen` is not a loopback address."""
     users: tuple[UserConfig, ...] = ()
     """The users allowed to use the API, each with a role and a token (`[[api.users]]`)."""
+    max_pending_transfers: int = Field(default=200, ge=1, le=100_000)
+    """How many new transfers (per PBX) may be starting at once: admitted by `POST /v1/transfers`
+    and their start request not yet answered by the PBX. One more is refused at once with 503
+    `overloaded` and a `Retry-After` header (never left to time out). Admitted ones enter the
+    engine one per turn of the event loop, so PBX events that decide transfers already under way
+    are never queued behind a burst of new ones."""
 
     @field_validator("users")
     @classmethod

@@ -40,6 +40,7 @@ from typing import Any, cast
 import structlog
 
 from adapters.base import Clock, PbxAdapter
+from adapters.service.admission import Admission
 from adapters.service.hub import Hub
 from adapters.service.logs import get_logger
 from adapters.service.metrics import Metrics
@@ -90,6 +91,7 @@ class Runtime:
         drain_timeout_s: float = 5.0,
         fence: Callable[[], Fence | None] | None = None,
         on_stale: Callable[[], object] | None = None,
+        max_pending_transfers: int = 200,
     ) -> None:
         """``pbx`` names the PBX connection this runtime drives (it tags every
         resource, call and stored row); ``hub`` is the live stream shared with
@@ -99,7 +101,8 @@ class Runtime:
         or no callable: a single instance).  ``on_stale`` is called when a
         commit is refused with :class:`StaleFence` (the lease is lost: none of
         that commit's requests was sent); once per episode, again only after
-        a commit succeeded in between."""
+        a commit succeeded in between.  ``max_pending_transfers``: the bound of
+        the admission gate new transfers pass (:mod:`adapters.service.admission`)."""
         self.engine = engine
         self.adapter = adapter
         self.store = store
@@ -112,6 +115,8 @@ class Runtime:
         self._stale = False
         #: The group commit every decision is saved through (write-ahead).
         self.wal = WriteAhead(store, fence=fence)
+        #: The gate new transfers pass before the engine sees them.
+        self.admission = Admission(max_pending_transfers)
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         # Per-transfer FIFO of (request, perf_counter when its decisive event was fed).
         self._queues: dict[str, deque[tuple[PbxRequest, float]]] = {}

@@ -1,0 +1,86 @@
+"""Admission of new transfers: bounded, and paced behind the decisive path.
+
+Theory of operation
+-------------------
+Everything runs on one event loop.  Each turn, the loop first collects the
+I/O that became ready (PBX frames, PBX answers, API requests) and the timers
+that are due, then runs their callbacks in that order.  A burst of ``POST
+/v1/transfers`` would put hundreds of handlers — each a chunk of validation,
+engine work and a store row — into one turn, and the target's ANSWER frame
+that decides another transfer's ``complete`` would wait behind all of them.
+
+So a new transfer passes two gates before the engine sees it:
+
+* **bounded**: at most ``limit`` transfers may be pending at once (admitted
+  or waiting to be, and their start request not yet answered by the PBX).
+  One more is refused at once with 503 ``overloaded`` and ``Retry-After``
+  (:class:`Overloaded`): the client learns to come back, never times out in
+  a queue it cannot see.
+* **paced**: admitted handlers enter the engine one per turn of the loop, in
+  arrival order.  Frames, PBX answers and timer expiries — what decides
+  requests of transfers already under way — are handled every turn, so they
+  wait behind at most one new transfer's work, not behind the whole burst.
+
+Operator requests on existing transfers (complete, abort…) do not pass
+here: they are decisions, not new work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import AsyncIterator
+
+#: What ``Retry-After`` says when the queue is full (seconds).
+RETRY_AFTER_S = 1
+
+
+class Overloaded(Exception):
+    """The admission queue is full: answer 503 with ``Retry-After``."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"{limit} transfers are already starting")
+        self.limit = limit
+        self.retry_after_s = RETRY_AFTER_S
+
+
+class Admission:
+    """The gate new transfers of one runtime pass (see the module docstring)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.pending = 0  # admitted or waiting, start request not answered yet
+        self.refused = 0
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._pump: asyncio.Handle | None = None
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Hold a pending slot from the turn this handler may feed the engine
+        until the block ends (the PBX answered the start); raises
+        :class:`Overloaded` at once when every slot is taken."""
+        if self.pending >= self.limit:
+            self.refused += 1
+            raise Overloaded(self.limit)
+        self.pending += 1
+        try:
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append(turn)
+            if self._pump is None:
+                self._pump = asyncio.get_running_loop().call_soon(self._next)
+            await turn
+            yield
+        finally:
+            self.pending -= 1
+
+    def _next(self) -> None:
+        """Let the first waiting handler in, then come back next turn for the following one."""
+        self._pump = None
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():  # its client may have gone (the handler was cancelled)
+                turn.set_result(None)
+                break
+        if self._waiting:
+            self._pump = asyncio.get_running_loop().call_soon(self._next)
