@@ -59,6 +59,8 @@ async def _burst(
             "setup", timeout_s=300, calls=count, targets=count, answer_after=list(sizes.burst_answer_after)
         )
         rows, targets = info["calls"], info["targets"]
+        if os.environ.get("XFERD_BENCH_KEEPALIVE"):
+            await sim.ask("close_after_answer", close=False)
         with tempdir() as tmp:
             config = service_config(
                 info["base_url"], info["client_id"], info["client_secret"], tmp, no_answer_timeout_s=60
@@ -72,11 +74,17 @@ async def _burst(
                     while not service.adapter.connected:  # noqa: ASYNC110 - the adapter has no hook
                         await asyncio.sleep(0.01)
                 bodies = [{"channel_id": rows[i][2], "number": targets[i]} for i in range(count)]
+                await sim.ask("lag_reset")
+                own_lags: list[float] = []
+                watcher = asyncio.create_task(_watch_lag(own_lags))
                 t0 = time.perf_counter()
-                posted = await sim.ask(
-                    "post", timeout_s=300, url=f"{service.base_url}/v1/transfers", bodies=bodies
-                )
-                stats = await _wait_completes(sim, count, 60)
+                try:
+                    posted = await sim.ask(
+                        "post", timeout_s=300, url=f"{service.base_url}/v1/transfers", bodies=bodies
+                    )
+                    stats = await _wait_completes(sim, count, 60)
+                finally:
+                    watcher.cancel()
                 elapsed = time.perf_counter() - t0
                 wal = service.runtime.wal
                 commits, rows_written, entries = wal.commits, wal.rows, wal.entries
@@ -94,6 +102,8 @@ async def _burst(
     codes: dict[int, int] = {}
     for status, _, _ in posted["answers"]:
         codes[status] = codes.get(status, 0) + 1
+    lags = [lag * 1000 for lag in stats.get("lags", ())] or [0.0]
+    ours = [lag * 1000 for lag in own_lags] or [0.0]
     p50 = percentile(latencies, 50) if latencies else float("nan")
     p99 = percentile(latencies, 99) if latencies else float("nan")
     worst = max(latencies) if latencies else float("nan")
@@ -110,10 +120,21 @@ async def _burst(
         f"{len(latencies)} samples; exactly one complete for {exactly_one}/{count}, "
         f"more than one for {more}; all completes in {elapsed:.2f} s; group commit: {commits} commits, "
         f"{rows_written} rows ({rows_written / max(commits, 1):.1f}/commit), {entries} command batches, "
-        f"{commit_s * 1000:.0f} ms in commit; "
+        f"{commit_s * 1000:.0f} ms in commit; the simulator's own loop lag p50 {percentile(lags, 50):.1f} / "
+        f"p99 {percentile(lags, 99):.1f} ms (it stamps both ends), the service's p50 "
+        f"{percentile(ours, 50):.1f} / p99 {percentile(ours, 99):.1f} ms; "
         f"{goal(met, f'p50 <= {p50_goal:.0f} ms, p99 <= {p99_goal:.0f} ms, exactly one complete each')}",
         met,
     )
+
+
+async def _watch_lag(into: list[float]) -> None:
+    """How late the service's loop wakes a 5 ms sleep: the length of its turns."""
+    loop = asyncio.get_running_loop()
+    while True:
+        began = loop.time()
+        await asyncio.sleep(0.005)
+        into.append(loop.time() - began - 0.005)
 
 
 async def _wait_completes(sim: Child, count: int, within_s: float) -> dict[str, Any]:

@@ -81,6 +81,8 @@ class Controller:
         self._background: asyncio.Task[None] | None = None
         self._bg_frames = 0
         self._bg_seconds = 0.0
+        self._lags: list[float] = []  # how late this process's loop woke a 5 ms sleep (s)
+        self._lag_task: asyncio.Task[None] | None = None
 
     async def setup(
         self, calls: int, targets: int, answer_after: list[float], seed: int = 11
@@ -88,6 +90,8 @@ class Controller:
         """Start a simulator with ``calls`` answered calls (outside caller → its own
         extension) and ``targets`` external numbers that answer after a delay."""
         rng = random.Random(seed)
+        if self._lag_task is None:
+            self._lag_task = asyncio.create_task(self._watch_lag())
         sim = BenchSimulator(SimConfig(seed=seed, external=Phone(answer_after=None)))
         await sim.start()
         self.sim = sim
@@ -111,6 +115,18 @@ class Controller:
             "calls": rows,
             "targets": numbers,
         }
+
+    async def _watch_lag(self) -> None:
+        """The simulator's own loop lag: a busy feeder delays what it stamps."""
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            await asyncio.sleep(0.005)
+            self._lags.append(loop.time() - began - 0.005)
+
+    async def lag_reset(self) -> dict[str, Any]:
+        self._lags.clear()
+        return {"ok": True}
 
     async def background(self, channels: list[str], fps: float) -> dict[str, Any]:
         """Hold/resume ``channels`` in turn: one 30011 frame each, ``fps`` per second."""
@@ -205,6 +221,7 @@ class Controller:
             "background_frames": self._bg_frames,
             "background_seconds": self._bg_seconds,
             "requests": len(sim.requests),
+            "lags": self._lags[-20000:],
         }
 
     async def teardown(self) -> dict[str, Any]:
@@ -213,6 +230,11 @@ class Controller:
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await background
+        lag, self._lag_task = self._lag_task, None
+        if lag is not None:
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
         sim, self.sim = self.sim, None
         if sim is not None:
             await sim.stop()
@@ -229,6 +251,7 @@ async def main() -> None:
                 "background": controller.background,
                 "post": controller.post,
                 "close_after_answer": controller.close_after_answer,
+                "lag_reset": controller.lag_reset,
                 "stats": controller.stats,
                 "teardown": controller.teardown,
             }

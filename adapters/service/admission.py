@@ -17,9 +17,13 @@ So a new transfer passes two gates before the engine sees it:
   (:class:`Overloaded`): the client learns to come back, never times out in
   a queue it cannot see.
 * **paced**: admitted handlers enter the engine one per turn of the loop, in
-  arrival order.  Frames, PBX answers and timer expiries — what decides
-  requests of transfers already under way — are handled every turn, so they
-  wait behind at most one new transfer's work, not behind the whole burst.
+  arrival order, and only while fewer than ``concurrency`` of them are
+  starting (fed, start request not yet answered).  Frames, PBX answers and
+  timer expiries — what decides requests of transfers already under way —
+  are handled every turn, so they wait behind at most one new transfer's
+  engine work and the steps of at most ``concurrency`` start requests, not
+  behind the whole burst.  The wait happens here, before the engine and the
+  PBX request's own time-out start counting.
 
 Operator requests on existing transfers (complete, abort…) do not pass
 here: they are decisions, not new work.
@@ -34,6 +38,8 @@ from collections.abc import AsyncIterator
 
 #: What ``Retry-After`` says when the queue is full (seconds).
 RETRY_AFTER_S = 1
+#: How many admitted transfers may be starting at once (the rest wait their turn).
+CONCURRENCY = 16
 
 
 class Overloaded(Exception):
@@ -48,9 +54,11 @@ class Overloaded(Exception):
 class Admission:
     """The gate new transfers of one runtime pass (see the module docstring)."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, concurrency: int = CONCURRENCY) -> None:
         self.limit = limit
+        self.concurrency = concurrency
         self.pending = 0  # admitted or waiting, start request not answered yet
+        self.active = 0  # let in, start request not answered yet
         self.refused = 0
         self._waiting: deque[asyncio.Future[None]] = deque()
         self._pump: asyncio.Handle | None = None
@@ -64,23 +72,31 @@ class Admission:
             self.refused += 1
             raise Overloaded(self.limit)
         self.pending += 1
+        let_in = False
         try:
             turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiting.append(turn)
-            if self._pump is None:
-                self._pump = asyncio.get_running_loop().call_soon(self._next)
+            self._wake()
             await turn
+            let_in = True
             yield
         finally:
             self.pending -= 1
+            if let_in:
+                self.active -= 1
+                self._wake()
+
+    def _wake(self) -> None:
+        if self._pump is None and self._waiting and self.active < self.concurrency:
+            self._pump = asyncio.get_running_loop().call_soon(self._next)
 
     def _next(self) -> None:
         """Let the first waiting handler in, then come back next turn for the following one."""
         self._pump = None
-        while self._waiting:
+        while self._waiting and self.active < self.concurrency:
             turn = self._waiting.popleft()
             if not turn.done():  # its client may have gone (the handler was cancelled)
                 turn.set_result(None)
+                self.active += 1
                 break
-        if self._waiting:
-            self._pump = asyncio.get_running_loop().call_soon(self._next)
+        self._wake()

@@ -115,22 +115,31 @@ class YeastarRest:
         are then the transport's business."""
         install_log_redaction()
         self.base_url = base_url.rstrip("/")
-        if transport is None:
-            transport = httpx.AsyncHTTPTransport(
-                verify=ssl_context or tls_context(),
-                limits=httpx.Limits(
-                    max_keepalive_connections=KEEPALIVE_CONNECTIONS, keepalive_expiry=KEEPALIVE_EXPIRY_S
-                ),
+        verify = ssl_context or tls_context()
+
+        def client(transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+            if transport is None:
+                transport = httpx.AsyncHTTPTransport(
+                    verify=verify,
+                    limits=httpx.Limits(
+                        max_keepalive_connections=KEEPALIVE_CONNECTIONS, keepalive_expiry=KEEPALIVE_EXPIRY_S
+                    ),
+                    trust_env=False,
+                )
+            # User-Agent is mandatory: without it the PBX answers 40002.
+            return httpx.AsyncClient(
+                base_url=self.base_url + API_PATH,
+                transport=transport,
+                headers={"User-Agent": user_agent},
+                timeout=timeout_s,
                 trust_env=False,
             )
-        # User-Agent is mandatory: without it the PBX answers 40002.
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url + API_PATH,
-            transport=transport,
-            headers={"User-Agent": user_agent},
-            timeout=timeout_s,
-            trust_env=False,
-        )
+
+        self._client = client(transport)
+        # The second request of a transfer (complete, abort…) and clean-up hangups have a
+        # connection pool of their own: under a burst, new transfers' starts fill the first
+        # pool, and the request that finishes a transfer must not wait for a slot behind them.
+        self._decisive = client(transport)
         self._observer = observer or Observer()
         self.tokens = TokenManager(
             self.send, client_id, client_secret, clock=clock, busy_retry_delays=busy_retry_delays
@@ -144,8 +153,10 @@ class YeastarRest:
         token: str | None = None,
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        decisive: bool = False,
     ) -> dict[str, Any]:
-        """One exchange; returns the answer whatever its ``errcode``.
+        """One exchange; returns the answer whatever its ``errcode``.  ``decisive``:
+        through the connection pool of decisive requests (see ``__init__``).
 
         Raises :class:`PbxUnreachable` or :class:`OutcomeUnknown` (see the
         module docstring).  Reports the exchange, redacted, to the observer.
@@ -158,7 +169,8 @@ class YeastarRest:
         result = "unknown"
         try:
             try:
-                response = await self._client.request(method, endpoint, params=query, json=body)
+                client = self._decisive if decisive else self._client
+                response = await client.request(method, endpoint, params=query, json=body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 result = "error"
                 raise _unreachable(endpoint, exc) from None
@@ -198,6 +210,7 @@ class YeastarRest:
         *,
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        decisive: bool = False,
     ) -> dict[str, Any]:
         """A token-authenticated request; returns a successful answer.
 
@@ -205,11 +218,13 @@ class YeastarRest:
         token is renewed and the request sent once more (the PBX did not act).
         """
         token = await self.tokens.token()
-        answer = await self.send(method, endpoint, token=token, body=body, params=params)
+        answer = await self.send(method, endpoint, token=token, body=body, params=params, decisive=decisive)
         err = answer_error(answer)
         if isinstance(err, TokenExpiredError):
             token = await self.tokens.renew(token)
-            answer = await self.send(method, endpoint, token=token, body=body, params=params)
+            answer = await self.send(
+                method, endpoint, token=token, body=body, params=params, decisive=decisive
+            )
             err = answer_error(answer)
         if err is not None:
             raise err
@@ -234,10 +249,10 @@ class YeastarRest:
     async def transfer_operate(self, channel_id: str, op: Op) -> dict[str, Any]:
         """The second attended request, on the transferor's ``channel_id``."""
         body = {"type": "attended", "channel_id": channel_id, "attended_operate": op}
-        return await self.call("POST", "call/transfer", body=body)
+        return await self.call("POST", "call/transfer", body=body, decisive=True)
 
     async def hangup(self, channel_id: str) -> dict[str, Any]:
-        return await self.call("POST", "call/hangup", body={"channel_id": channel_id})
+        return await self.call("POST", "call/hangup", body={"channel_id": channel_id}, decisive=True)
 
     async def hold(self, channel_id: str) -> dict[str, Any]:
         return await self.call("POST", "call/hold", body={"channel_id": channel_id})
@@ -280,6 +295,7 @@ class YeastarRest:
             await self.tokens.close()
         finally:
             await self._client.aclose()
+            await self._decisive.aclose()
 
 
 def _transfer(kind: str, channel_id: str, number: str, dial_permission: str | None) -> dict[str, Any]:
