@@ -45,7 +45,7 @@ from adapters.service.hub import Hub
 from adapters.service.logs import get_logger
 from adapters.service.metrics import Metrics
 from adapters.service.store import Fence, Saved, StaleFence, StoreError, TransferStore
-from adapters.service.writeahead import WriteAhead
+from adapters.service.writeahead import WriteAhead, kill_point
 from engine.engine import Engine
 from engine.model import (
     AskRule,
@@ -295,6 +295,10 @@ class Runtime:
             for transfer_id in dict.fromkeys(changed):
                 log.error("store_error", transfer_id=transfer_id, error=str(error))
                 self._flush_later(transfer_id)
+        if error is None:
+            requests = [c.transfer_id for c in after if isinstance(c, PbxRequest)]
+            if requests:
+                kill_point(requests)  # chaos testing only: a no-op unless armed
         finished: list[str] = []
         for command in after:
             if isinstance(command, PbxRequest):

@@ -70,11 +70,19 @@ RELIABILITY.md, "Write-ahead saves"):
 4. the final state (lazy): once it is durable the engine forgets the transfer
    and the store serves it; until then the engine keeps it (and the store's
    flusher retries it after a failure).
+
+Testing the guarantee: with :data:`KILL_POINT_ENV` set to a file path, the
+process SIGKILLs itself right after a commit returned and before any request
+it decided is sent, once, when that file exists (the chaos suite's
+``sigkill_after_commit`` creates it; see :func:`kill_point`).  Never set it in
+production.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -89,6 +97,27 @@ log = get_logger("xferd.writeahead")
 LAZY_FLUSH_S = 0.05
 
 Done = Callable[[StoreError | None], None]
+
+#: Testing only: the path of a file that, while it exists, kills the process between a commit
+#: and the first request it decided (the chaos suite's ``sigkill_after_commit``).
+KILL_POINT_ENV = "XFERD_CHAOS_KILL_AFTER_COMMIT"
+_KILL_POINT = os.environ.get(KILL_POINT_ENV) or None
+
+
+def kill_point(transfer_ids: Sequence[str]) -> None:
+    """SIGKILL this process now if the chaos kill point is armed (see the module docstring).
+
+    Called by the runtime after a commit returned, before it sends the requests
+    the commit decided.  Costs one ``is None`` test when not configured.
+    """
+    if _KILL_POINT is None:
+        return
+    try:
+        os.unlink(_KILL_POINT)  # armed once: a restarted process must not die again
+    except FileNotFoundError:
+        return
+    log.warning("chaos_kill_after_commit", transfer_ids=list(transfer_ids))
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @dataclass(slots=True)
