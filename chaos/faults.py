@@ -229,14 +229,21 @@ async def sigkill(ctx: Ctx) -> int:
 
 async def sigkill_after_commit(ctx: Ctx) -> int:
     """kill -9 exactly between a decision's commit and its request (the write-ahead window):
-    the decision is durable, the request never left; then start again."""
+    the decision is durable, the request never left; then start again.
+
+    Armed now; the run goes on (the transfer's next decision springs it), and a background
+    task restarts the service once it died, counting the fault then."""
     world = ctx.world
     world.arm_kill_after_commit()
-    if not await world.killed_after_commit(within_s=8.0):
-        return 0
-    await asyncio.sleep(ctx.params["dead_s"])
-    await world.launch()
-    return 1
+
+    async def restart_once_killed() -> None:
+        if await world.killed_after_commit(within_s=10.0):
+            ctx.injected += 1
+            await asyncio.sleep(ctx.params["dead_s"])
+            await world.launch()
+
+    ctx.background.append(asyncio.create_task(restart_once_killed()))
+    return 0
 
 
 def draw_lock(rng: random.Random) -> dict[str, Any]:
