@@ -98,10 +98,11 @@ class Runtime:
         the service's other runtimes (a runtime of its own by default).
 
         ``fence`` returns the proof of ownership every commit carries (None,
-        or no callable: a single instance).  ``on_stale`` is called when a
-        commit is refused with :class:`StaleFence` (the lease is lost: none of
-        that commit's requests was sent); once per episode, again only after
-        a commit succeeded in between.  ``max_pending_transfers``: the bound of
+        or no callable: a single instance).  ``on_stale`` is called once, when
+        a commit is first refused with :class:`StaleFence`: the lease is lost,
+        none of that commit's requests was sent (each is reported not sent),
+        and from then on this runtime sends nothing and writes nothing (its
+        owner stops it; the new owner restores and reconciles).  ``max_pending_transfers``: the bound of
         the admission gate new transfers pass (:mod:`adapters.service.admission`)."""
         self.engine = engine
         self.adapter = adapter
@@ -112,7 +113,8 @@ class Runtime:
         self.hub = hub if hub is not None else Hub(metrics)
         self._drain_timeout_s = drain_timeout_s
         self._on_stale = on_stale
-        self._stale = False
+        #: A fenced commit was refused: this runtime acts no more (see ``on_stale``).
+        self.stale = False
         #: The group commit every decision is saved through (write-ahead).
         self.wal = WriteAhead(store, fence=fence)
         #: The gate new transfers pass before the engine sees them.
@@ -276,6 +278,9 @@ class Runtime:
                 self.hub.publish({"kind": "call", "call": self.tagged(call)}, self.pbx)
         if not after:
             return
+        if self.stale:  # the lease is lost: nothing is written or sent any more
+            self._after_commit(after, StaleFence(f"pbx {self.pbx}: this instance lost its lease"), started)
+            return
         if not rows and not self.wal.pending:
             self._after_commit(after, None, started)  # nothing to save, nothing ahead of it
             return
@@ -287,7 +292,6 @@ class Runtime:
         changed = [c.transfer_id for c in after if isinstance(c, TransferChanged)]
         if error is None:
             self._unsaved.difference_update(changed)
-            self._stale = False
         elif isinstance(error, StaleFence):
             self._lost_lease(error)
         else:
@@ -324,10 +328,12 @@ class Runtime:
 
     def _lost_lease(self, error: StaleFence) -> None:
         """A commit was refused for a stale fence: another instance owns this PBX now."""
-        self.metrics.store_errors.inc()
-        if self._stale:
+        stale_writes = getattr(self.metrics, "stale_writes", None)  # wired by the HA metrics
+        if stale_writes is not None:
+            stale_writes.inc()
+        if self.stale:
             return
-        self._stale = True
+        self.stale = True
         log.error("lost_lease", pbx=self.pbx, error=str(error))
         if self._on_stale is not None:
             try:
@@ -537,7 +543,6 @@ class Runtime:
                 log.warning("store_retry_failed", transfer_id=transfer_id, error=str(error))
                 continue
             self._unsaved.discard(transfer_id)
-            self._stale = False
             log.info("store_recovered", transfer_id=transfer_id)
             if transfer.final and self.engine.get(transfer_id) is not None:
                 self.engine.forget(transfer_id)

@@ -147,6 +147,15 @@ async def test_a_stale_fence_sends_nothing_and_reports_the_lost_lease(tmp_path: 
         assert lost == ["lost_lease"]  # once for the episode
         assert store.commits[-1][1] == fence  # the commit carried the runtime's fence
         assert await store.get("t1") is None  # nothing written
+        # Once the lease is lost the runtime acts no more, even if a commit would pass now.
+        store.stale = False
+        commits = len(store.commits)
+        answered_call(adapter, "c3", "2002", "5550102")
+        third = start(runtime, "t3", "2002")
+        result = await runtime.wait_result(third.request_id, 2.0)
+        assert result is not None and not result.sent
+        assert runtime.stale and len(store.commits) == commits and adapter.executed == []
+        assert lost == ["lost_lease"]
     finally:
         await runtime.close()
         store.close()
