@@ -148,7 +148,9 @@ async def _wait_completes(sim: Child, count: int, within_s: float) -> dict[str, 
 
 def _with_pg(config: Any, url: str) -> Any:
     """``config`` with ``[store] url`` set (the PostgreSQL store's key)."""
-    store = config.store.model_copy(update={"url": url})
+    from pydantic import SecretStr
+
+    store = config.store.model_copy(update={"url": SecretStr(url)})
     return config.model_copy(update={"store": store})
 
 

@@ -27,7 +27,7 @@ from adapters.service.metrics import Metrics, MetricsObserver
 from adapters.service.roles import User, Users
 from adapters.service.rules import RulesCollector, RulesError, RulesHolder
 from adapters.service.runtime import Runtime
-from adapters.service.store import SqliteStore, StoredCredentials
+from adapters.service.store import StoredCredentials, close_store, open_store
 from engine.engine import Engine
 
 log = get_logger("xferd.service")
@@ -41,7 +41,7 @@ def build_adapter(
     """The platform adapter a ``[pbx]`` table names (imported lazily: each pulls its own deps).
 
     ``credentials``: where this PBX connection keeps credentials that change
-    while it runs (a Webex integration's refresh token).
+    while it runs (a Webex integration's refresh token, Yeastar's token pair).
     """
     if pbx.kind == "yeastar":
         from adapters.yeastar.adapter import YeastarAdapter
@@ -55,6 +55,7 @@ def build_adapter(
             topics=pbx.topics,
             observer=observer,
             request_timeout_s=REQUEST_TIMEOUT_S,
+            credentials=credentials,
         )
     from adapters.webex.adapter import WebexAdapter
     from adapters.webex.events import WEBHOOK_PATH
@@ -89,7 +90,12 @@ def secrets_of(config: Config) -> list[str]:
             values += [pbx.client_secret]
         else:
             values += [pbx.access_token, pbx.webhook_secret, pbx.client_secret, pbx.refresh_token]
-    return [value.get_secret_value() for value in values if value is not None]
+    secrets = [value.get_secret_value() for value in values if value is not None]
+    if config.store.url is not None:  # the whole URL, and its password wherever it shows alone
+        from adapters.service.pgstore import url_password
+
+        secrets += [config.store.url.get_secret_value(), url_password(config.store.url.get_secret_value())]
+    return [secret for secret in secrets if secret]
 
 
 #: The ``credentials.kind`` each platform keeps in the store (``adapters.webex.oauth.CREDENTIAL_KIND``).
@@ -143,7 +149,7 @@ class Service:
         self.metrics = observer.metrics if observer is not None else Metrics()
         self.observer = observer or MetricsObserver(self.metrics)
         redactor.add(secrets_of(config))
-        self.store = SqliteStore(config.store.path)
+        self.store = open_store(config.store.url_value, config.store.path)
         self.hub = Hub(self.metrics)
         self.users = Users(
             (User(u.name, u.role, u.token_hash) for u in config.api.users),
@@ -294,7 +300,7 @@ class Service:
         await self.app.state.audit.close()
         if self.recorder is not None:
             self.recorder.close()
-        self.store.close()
+        await close_store(self.store)
         if self._socket is not None:
             self._socket.close()
         log.info("service_stopped")
@@ -311,7 +317,7 @@ async def run_until_signalled(config: Config) -> None:
     try:
         await service.start()
     except BaseException:
-        service.store.close()
+        await close_store(service.store)
         raise
     try:
         await stop.wait()
