@@ -39,7 +39,7 @@ from collections.abc import AsyncIterator
 #: What ``Retry-After`` says when the queue is full (seconds).
 RETRY_AFTER_S = 1
 #: How many admitted transfers may be starting at once (the rest wait their turn).
-CONCURRENCY = 16
+CONCURRENCY = 4  # the default of [api] max_starting_transfers
 
 
 class Overloaded(Exception):

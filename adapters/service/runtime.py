@@ -92,6 +92,7 @@ class Runtime:
         fence: Callable[[], Fence | None] | None = None,
         on_stale: Callable[[], object] | None = None,
         max_pending_transfers: int = 200,
+        max_starting_transfers: int = 4,
     ) -> None:
         """``pbx`` names the PBX connection this runtime drives (it tags every
         resource, call and stored row); ``hub`` is the live stream shared with
@@ -102,8 +103,11 @@ class Runtime:
         a commit is first refused with :class:`StaleFence`: the lease is lost,
         none of that commit's requests was sent (each is reported not sent),
         and from then on this runtime sends nothing and writes nothing (its
-        owner stops it; the new owner restores and reconciles).  ``max_pending_transfers``: the bound of
-        the admission gate new transfers pass (:mod:`adapters.service.admission`)."""
+        owner stops it; the new owner restores and reconciles).
+
+        ``max_pending_transfers`` and ``max_starting_transfers``: the bound and
+        the concurrency of the admission gate new transfers pass
+        (:mod:`adapters.service.admission`)."""
         self.engine = engine
         self.adapter = adapter
         self.store = store
@@ -118,7 +122,7 @@ class Runtime:
         #: The group commit every decision is saved through (write-ahead).
         self.wal = WriteAhead(store, fence=fence)
         #: The gate new transfers pass before the engine sees them.
-        self.admission = Admission(max_pending_transfers)
+        self.admission = Admission(max_pending_transfers, max_starting_transfers)
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         # Per-transfer FIFO of (request, perf_counter when its decisive event was fed).
         self._queues: dict[str, deque[tuple[PbxRequest, float]]] = {}

@@ -200,6 +200,7 @@ class Service:
                 hub=self.hub,
                 recorder=self.recorder,
                 max_pending_transfers=config.api.max_pending_transfers,
+                max_starting_transfers=config.api.max_starting_transfers,
             )
         else:
             adapter = adapter or build_adapter(pbx, self.observer, credentials)
@@ -211,6 +212,7 @@ class Service:
                 pbx=pbx.name,
                 hub=self.hub,
                 max_pending_transfers=config.api.max_pending_transfers,
+                max_starting_transfers=config.api.max_starting_transfers,
             )
         return Unit(pbx.name, pbx, adapter, runtime)
 
