@@ -86,9 +86,9 @@ async def _burst(
                 finally:
                     watcher.cancel()
                 elapsed = time.perf_counter() - t0
-                wal = service.runtime.wal
-                commits, rows_written, entries = wal.commits, wal.rows, wal.entries
-                commit_s = wal.commit_seconds
+                wal = getattr(service.runtime, "wal", None)  # None: a build before the group commit
+                commits, rows_written, entries = (wal.commits, wal.rows, wal.entries) if wal else (0, 0, 0)
+                commit_s = wal.commit_seconds if wal else 0.0
             finally:
                 await service.stop()
         await sim.ask("teardown", timeout_s=30)

@@ -40,6 +40,8 @@ from collections.abc import AsyncIterator
 RETRY_AFTER_S = 1
 #: How many admitted transfers may be starting at once (the rest wait their turn).
 CONCURRENCY = 4  # the default of [api] max_starting_transfers
+#: How many waiting handlers may enter the engine in one turn of the loop.
+PER_TURN = 1
 
 
 class Overloaded(Exception):
@@ -93,10 +95,11 @@ class Admission:
     def _next(self) -> None:
         """Let the first waiting handler in, then come back next turn for the following one."""
         self._pump = None
-        while self._waiting and self.active < self.concurrency:
+        let_in = 0
+        while self._waiting and self.active < self.concurrency and let_in < PER_TURN:
             turn = self._waiting.popleft()
             if not turn.done():  # its client may have gone (the handler was cancelled)
                 turn.set_result(None)
                 self.active += 1
-                break
+                let_in += 1
         self._wake()

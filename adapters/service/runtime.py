@@ -91,7 +91,7 @@ class Runtime:
         drain_timeout_s: float = 5.0,
         fence: Callable[[], Fence | None] | None = None,
         on_stale: Callable[[], object] | None = None,
-        max_pending_transfers: int = 200,
+        max_pending_transfers: int = 500,
         max_starting_transfers: int = 4,
     ) -> None:
         """``pbx`` names the PBX connection this runtime drives (it tags every
