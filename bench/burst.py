@@ -158,8 +158,9 @@ def _with_pg(config: Any, url: str) -> Any:
 async def _pg_database() -> AsyncIterator[str | None]:
     """A fresh PostgreSQL database for one run (dropped after), or None when that cannot be had."""
     try:
-        import adapters.service.pgstore  # noqa: F401 - only whether the PostgreSQL store exists
         import psycopg
+
+        import adapters.service.pgstore  # noqa: F401 - only whether the PostgreSQL store exists
     except ImportError:
         yield None
         return
