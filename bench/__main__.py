@@ -23,6 +23,7 @@ Runner = Callable[[Sizes], Awaitable[list[Figure]]]
 
 def _figures() -> dict[str, Runner]:
     # Imported here so that ``--help`` is instant and a broken module names itself.
+    from bench.burst import run_burst, run_pbx_connection
     from bench.ingest import run_ingest, run_scaling
     from bench.latency import run_latency
     from bench.latency_pg import run_latency_pg
@@ -40,10 +41,23 @@ def _figures() -> dict[str, Runner]:
         "replay": run_replay,
         "load": run_load,
         "rules": run_rules,
+        "burst": run_burst,
+        "pbxconn": run_pbx_connection,
     }
 
 
-NAMES = ("ingest", "latency", "latency_pg", "memory", "scaling", "replay", "load", "rules")
+NAMES = (
+    "ingest",
+    "latency",
+    "latency_pg",
+    "memory",
+    "scaling",
+    "replay",
+    "load",
+    "rules",
+    "burst",
+    "pbxconn",
+)
 
 
 def _load() -> str:

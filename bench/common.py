@@ -117,6 +117,10 @@ class Sizes:
     replay_frames: int
     replay_transfers: int
     load_transfers: int
+    burst_transfers: int  # issue 18: started at once
+    burst_answer_after: tuple[float, float]
+    connection_rounds: int  # pbx_connection: alternating close/keep-alive rounds
+    connection_requests: int  # per round
 
     @classmethod
     def full(cls) -> Sizes:
@@ -139,6 +143,10 @@ class Sizes:
             replay_frames=200_000,
             replay_transfers=3_000,
             load_transfers=500,
+            burst_transfers=200,
+            burst_answer_after=(0.2, 1.0),
+            connection_rounds=4,
+            connection_requests=200,
         )
 
     @classmethod
@@ -162,6 +170,10 @@ class Sizes:
             replay_frames=2_000,
             replay_transfers=30,
             load_transfers=20,
+            burst_transfers=15,
+            burst_answer_after=(0.05, 0.2),
+            connection_rounds=2,
+            connection_requests=10,
         )
 
 

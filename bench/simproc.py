@@ -81,6 +81,8 @@ class Controller:
         self._background: asyncio.Task[None] | None = None
         self._bg_frames = 0
         self._bg_seconds = 0.0
+        self._lags: list[float] = []  # how late this process's loop woke a 5 ms sleep (s)
+        self._lag_task: asyncio.Task[None] | None = None
 
     async def setup(
         self, calls: int, targets: int, answer_after: list[float], seed: int = 11
@@ -88,6 +90,8 @@ class Controller:
         """Start a simulator with ``calls`` answered calls (outside caller → its own
         extension) and ``targets`` external numbers that answer after a delay."""
         rng = random.Random(seed)
+        if self._lag_task is None:
+            self._lag_task = asyncio.create_task(self._watch_lag())
         sim = BenchSimulator(SimConfig(seed=seed, external=Phone(answer_after=None)))
         await sim.start()
         self.sim = sim
@@ -111,6 +115,18 @@ class Controller:
             "calls": rows,
             "targets": numbers,
         }
+
+    async def _watch_lag(self) -> None:
+        """The simulator's own loop lag: a busy feeder delays what it stamps."""
+        loop = asyncio.get_running_loop()
+        while True:
+            began = loop.time()
+            await asyncio.sleep(0.005)
+            self._lags.append(loop.time() - began - 0.005)
+
+    async def lag_reset(self) -> dict[str, Any]:
+        self._lags.clear()
+        return {"ok": True}
 
     async def background(self, channels: list[str], fps: float) -> dict[str, Any]:
         """Hold/resume ``channels`` in turn: one 30011 frame each, ``fps`` per second."""
@@ -154,9 +170,15 @@ class Controller:
         ) as http:
 
             async def one(body: dict[str, Any]) -> list[Any]:
+                nonlocal retries
                 began = time.perf_counter()
                 try:
                     response = await http.post(url, json=body, params=params)
+                    # A full admission queue answers 503 + Retry-After: a client waits and asks again.
+                    while response.status_code == 503 and "retry-after" in response.headers:
+                        retries += 1
+                        await asyncio.sleep(float(response.headers["retry-after"]))
+                        response = await http.post(url, json=body, params=params)
                     answer = response.json()
                     status, ident = (
                         response.status_code,
@@ -166,6 +188,7 @@ class Controller:
                     status, ident = 0, type(exc).__name__
                 return [status, ident, time.perf_counter() - began]
 
+            retries = 0
             loop = asyncio.get_running_loop()
             started = loop.time()
             tasks = []
@@ -176,7 +199,14 @@ class Controller:
                         await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(one(body)))
             answers = await asyncio.gather(*tasks)
-        return {"answers": answers, "seconds": loop.time() - started}
+        return {"answers": answers, "seconds": loop.time() - started, "retries": retries}
+
+    async def close_after_answer(self, close: bool) -> dict[str, Any]:
+        """Whether the simulator closes each HTTP connection after its answer (a P-Series does)."""
+        if self.sim is None:
+            raise RuntimeError("no simulator: setup first")
+        self.sim.config.close_after_answer = close
+        return {"ok": True}
 
     async def stats(self) -> dict[str, Any]:
         sim = self.sim
@@ -191,6 +221,7 @@ class Controller:
             "background_frames": self._bg_frames,
             "background_seconds": self._bg_seconds,
             "requests": len(sim.requests),
+            "lags": self._lags[-20000:],
         }
 
     async def teardown(self) -> dict[str, Any]:
@@ -199,6 +230,11 @@ class Controller:
             background.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await background
+        lag, self._lag_task = self._lag_task, None
+        if lag is not None:
+            lag.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag
         sim, self.sim = self.sim, None
         if sim is not None:
             await sim.stop()
@@ -214,6 +250,8 @@ async def main() -> None:
                 "setup": controller.setup,
                 "background": controller.background,
                 "post": controller.post,
+                "close_after_answer": controller.close_after_answer,
+                "lag_reset": controller.lag_reset,
                 "stats": controller.stats,
                 "teardown": controller.teardown,
             }

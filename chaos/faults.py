@@ -227,6 +227,25 @@ async def sigkill(ctx: Ctx) -> int:
     return 1
 
 
+async def sigkill_after_commit(ctx: Ctx) -> int:
+    """kill -9 exactly between a decision's commit and its request (the write-ahead window):
+    the decision is durable, the request never left; then start again.
+
+    Armed now; the run goes on (the transfer's next decision springs it), and a background
+    task restarts the service once it died, counting the fault then."""
+    world = ctx.world
+    world.arm_kill_after_commit()
+
+    async def restart_once_killed() -> None:
+        if await world.killed_after_commit(within_s=10.0):
+            ctx.injected += 1
+            await asyncio.sleep(ctx.params["dead_s"])
+            await world.launch()
+
+    ctx.background.append(asyncio.create_task(restart_once_killed()))
+    return 0
+
+
 def draw_lock(rng: random.Random) -> dict[str, Any]:
     return {"hold_s": round(rng.uniform(1.2, 2.5), 3)}
 
@@ -394,6 +413,9 @@ FAULTS: tuple[FaultKind, ...] = (
               sigkill, draw_kill, stages=STAGES, runs=16, quick_runs=1,
               # A killed process cannot revoke its token, and the PBX allows 8 live tokens: with the
               # real 30 min lifetime the 9th restart is refused 60002 (see RELIABILITY.md, findings).
+              world_options={"sim_config": {"access_token_ttl": 12.0}}),
+    FaultKind("sigkill_after_commit", "kill", "SIGKILL after a decision is committed, before its request",
+              sigkill_after_commit, draw_kill, stages=BEFORE_A_REQUEST, runs=12, quick_runs=2,
               world_options={"sim_config": {"access_token_ttl": 12.0}}),
     FaultKind("sqlite_locked", "yeastar", "store write-locked by another process for 1.2-2.5 s",
               store_locked, draw_lock, stages=STAGES, runs=15),

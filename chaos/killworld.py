@@ -9,15 +9,35 @@ the same store.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from adapters.service.writeahead import KILL_POINT_ENV
 from adapters.yeastar.simulator import Phone, SimConfig
 from chaos.support import CLIENT_SECRET, ChaosSimulator, LogWatch, fresh_number
 from tests.service.conftest import API_TOKEN, Xferd, write_config
+
+
+class _KillableXferd(Xferd):
+    """``xferd run`` with the write-ahead kill point configured (armed only while its file exists)."""
+
+    kill_point: Path
+
+    async def start(self) -> Xferd:
+        await self._launch(
+            {
+                **os.environ,
+                "XFERD_PBX_CLIENT_SECRET": self.sim.config.client_secret,
+                KILL_POINT_ENV: str(self.kill_point),
+            }
+        )
+        await self._until_healthy()
+        return self
 
 
 class KillWorld:
@@ -34,6 +54,7 @@ class KillWorld:
         self.sim.on_token = lambda token: watch.secrets.add(token)
         watch.secrets.update({API_TOKEN, CLIENT_SECRET})
         self.store_path = tmp / "xferd.sqlite3"
+        self.kill_point = tmp / "kill-after-commit"
         self.config_path = tmp / "xferd.toml"
         self.xf: Xferd | None = None
         self.api_5xx: list[str] = []
@@ -54,7 +75,8 @@ class KillWorld:
     async def launch(self) -> None:
         """Start ``xferd run`` on the same config and store; returns once its PBX link is up."""
         for _ in range(3):  # bounded: a start that fails is reported, then tried again
-            xf = Xferd(self.config_path, self.sim)
+            xf = _KillableXferd(self.config_path, self.sim)
+            xf.kill_point = self.kill_point
             xf.http.event_hooks["response"] = [self._check_response]
             try:
                 await xf.start()
@@ -95,6 +117,25 @@ class KillWorld:
         self.harvest()
         await self.xf.http.aclose()
         self.kills += 1
+
+    def arm_kill_after_commit(self) -> None:
+        """The next commit that decides a request kills the process before the request leaves."""
+        self.kill_point.write_text("armed\n")
+
+    async def killed_after_commit(self, within_s: float) -> bool:
+        """Wait (bounded) for the armed kill point to kill the process; disarm if it did not."""
+        assert self.xf is not None and self.xf.proc is not None
+        try:
+            async with asyncio.timeout(within_s):
+                await self.xf.proc.wait()
+        except TimeoutError:
+            self.kill_point.unlink(missing_ok=True)  # no request was decided meanwhile
+            return False
+        await self.xf.kill()  # waits for its log reader
+        self.harvest()
+        await self.xf.http.aclose()
+        self.kills += 1
+        return True
 
     async def stop(self) -> None:
         if self.xf is not None:

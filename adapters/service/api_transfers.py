@@ -17,6 +17,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from adapters.service.admission import Overloaded
 from adapters.service.api import ApiContext, ApiError
 from adapters.service.audit import note
 from adapters.service.logs import get_logger
@@ -100,6 +101,8 @@ async def outcome(
     """Answer once the PBX answered ``request`` (if any): ``status`` + resource, or 502."""
     if request is not None:
         result = await runtime.wait_result(request.request_id, ctx.result_timeout_s)
+        # What the answer shows (a refusal's final state too) is in the store that lists read.
+        await runtime.wal.barrier()
         if result is None or result.outcome == "unknown":
             raise ApiError(
                 502,
@@ -214,6 +217,29 @@ def routes(ctx: ApiContext) -> APIRouter:
                 note(request, transfer_id=seen[0])
                 return await replay(fingerprint, *seen)
         require_pbx(unit)
+        try:
+            async with runtime.admission.slot():
+                return await start(request, unit, body, principal, idempotency_key, fingerprint)
+        except Overloaded as exc:
+            raise ApiError(
+                503,
+                "overloaded",
+                f"{exc.limit} transfers are already starting on this PBX ([api] max_pending_transfers); "
+                f"try again in {exc.retry_after_s} s",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from None
+
+    async def start(
+        request: Request,
+        unit: Unit,
+        body: TransferCreate,
+        principal: Principal,
+        idempotency_key: str | None,
+        fingerprint: str,
+    ) -> JSONResponse:
+        """Start the transfer (its turn came at the admission gate): feed it, answer once the PBX did."""
+        runtime = unit.runtime
+        require_pbx(unit)  # the link may have dropped while it waited for its turn
         channel_id, extension = body.channel_id, body.extension
         if unit.platform == "webex":
             channel_id, extension = webex_party(unit, body), None

@@ -99,6 +99,10 @@ def configure(
     root.setLevel(level)
     # DEBUG in python-statemachine logs every transition and slows each one down.
     logging.getLogger("statemachine").setLevel(max(level, logging.INFO))
+    # httpx logs every PBX request at INFO; the runtime's own ``decision`` and
+    # ``request_finished`` lines say the same with the transfer's id, and the
+    # duplicate cost ~10 % of each PBX request's CPU under load (bench/RESULTS.md).
+    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
 
 
 def get_logger(name: str) -> Any:

@@ -9,17 +9,21 @@ to :meth:`Engine.handle` synchronously on the event loop's thread by
 the loop serialises the feed, so the engine sees one ordered stream and the
 live stream publishes changes in the order they were decided.
 
-The commands that come back are executed in two passes:
+The commands that come back are executed in two parts:
 
-1. every ``TransferChanged`` is saved (resource + ``engine.export``) — the
-   write-ahead step: a decision is on disk before the PBX request that
-   follows from it can leave, so a restart resumes instead of re-deciding;
-2. the rest: ``PbxRequest`` goes to that transfer's FIFO worker (one
-   transfer's requests run in emission order; transfers run concurrently;
-   the feed never waits on the PBX), timers become ``loop.call_later``,
-   ``QueryCalls`` a background ``query_calls()``, changes go to the live
-   stream and the metrics; a final transfer is then forgotten by the engine
-   (the store keeps it).
+1. at once: timers become ``loop.call_later``, ``QueryCalls`` a background
+   ``query_calls()``, call changes go to the live stream; every
+   ``TransferChanged`` becomes a row (resource + ``engine.export``) handed to
+   the group commit (:mod:`adapters.service.writeahead`) — the write-ahead
+   step: the decisions of one turn of the loop are saved in one transaction;
+2. once that commit returned: ``PbxRequest`` goes to that transfer's FIFO
+   worker (one transfer's requests run in emission order; transfers run
+   concurrently; the feed never waits on the PBX or the store), changes go
+   to the live stream and the metrics, and a final transfer is forgotten by
+   the engine (the store keeps it).  If the commit was refused, no request
+   of the batch is sent: each is reported not sent (``sent=False``) and the
+   transfers' state is saved again by a flusher with back-off; a refusal for
+   a stale fence (another instance owns the PBX) calls ``on_stale``.
 
 Results of requests and timer expiries come back through :meth:`feed` as
 events, like everything else.
@@ -30,16 +34,18 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, cast
 
 import structlog
 
 from adapters.base import Clock, PbxAdapter
+from adapters.service.admission import Admission
 from adapters.service.hub import Hub
 from adapters.service.logs import get_logger
 from adapters.service.metrics import Metrics
-from adapters.service.store import StoreError, TransferStore
+from adapters.service.store import Fence, Saved, StaleFence, StoreError, TransferStore
+from adapters.service.writeahead import WriteAhead, kill_point
 from engine.engine import Engine
 from engine.model import (
     AskRule,
@@ -83,10 +89,25 @@ class Runtime:
         pbx: str = "default",
         hub: Hub | None = None,
         drain_timeout_s: float = 5.0,
+        fence: Callable[[], Fence | None] | None = None,
+        on_stale: Callable[[], object] | None = None,
+        max_pending_transfers: int = 500,
+        max_starting_transfers: int = 4,
     ) -> None:
         """``pbx`` names the PBX connection this runtime drives (it tags every
         resource, call and stored row); ``hub`` is the live stream shared with
-        the service's other runtimes (a runtime of its own by default)."""
+        the service's other runtimes (a runtime of its own by default).
+
+        ``fence`` returns the proof of ownership every commit carries (None,
+        or no callable: a single instance).  ``on_stale`` is called once, when
+        a commit is first refused with :class:`StaleFence`: the lease is lost,
+        none of that commit's requests was sent (each is reported not sent),
+        and from then on this runtime sends nothing and writes nothing (its
+        owner stops it; the new owner restores and reconciles).
+
+        ``max_pending_transfers`` and ``max_starting_transfers``: the bound and
+        the concurrency of the admission gate new transfers pass
+        (:mod:`adapters.service.admission`)."""
         self.engine = engine
         self.adapter = adapter
         self.store = store
@@ -95,6 +116,13 @@ class Runtime:
         self.pbx = pbx
         self.hub = hub if hub is not None else Hub(metrics)
         self._drain_timeout_s = drain_timeout_s
+        self._on_stale = on_stale
+        #: A fenced commit was refused: this runtime acts no more (see ``on_stale``).
+        self.stale = False
+        #: The group commit every decision is saved through (write-ahead).
+        self.wal = WriteAhead(store, fence=fence)
+        #: The gate new transfers pass before the engine sees them.
+        self.admission = Admission(max_pending_transfers, max_starting_transfers)
         self._timers: dict[tuple[str, str], asyncio.TimerHandle] = {}
         # Per-transfer FIFO of (request, perf_counter when its decisive event was fed).
         self._queues: dict[str, deque[tuple[PbxRequest, float]]] = {}
@@ -134,6 +162,8 @@ class Runtime:
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
+        # Decisions taken so far reach the store (their requests are not sent: closing).
+        await self.wal.flush()
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self._drain_timeout_s)
             for task in pending:
@@ -216,29 +246,25 @@ class Runtime:
 
     # -- executing commands ------------------------------------------------------
     def _execute(self, commands: Iterable[Command], started: float) -> None:
-        commands = list(commands)
-        unsaved: dict[str, str] = {}  # transfer_id -> why its decision is not on disk
+        """Carry out one batch of the engine's commands (see the module docstring).
+
+        The batch's changed transfers go to the group commit
+        (:mod:`adapters.service.writeahead`); what must follow their save —
+        PBX requests, publishing the changes, forgetting final transfers —
+        runs once the commit returned.  Timers, queries, rule notices and
+        call changes do not depend on the save and run now.
+        """
+        rows: list[Saved] = []
+        after: list[Command] = []
         for command in commands:
             if isinstance(command, TransferChanged):
                 # The engine built this resource for this command alone: tag it in place.
                 cast(dict[str, Any], command.resource)["pbx"] = self.pbx
-                try:
-                    export = self.engine.export(command.transfer_id)
-                    self.store.save(command.transfer_id, command.resource, export, command.final, self.pbx)
-                except StoreError as exc:
-                    self.metrics.store_errors.inc()
-                    unsaved[command.transfer_id] = str(exc)
-                    log.error("store_error", transfer_id=command.transfer_id, error=str(exc))
-                    self._flush_later(command.transfer_id)
-                else:
-                    self._unsaved.discard(command.transfer_id)
-        finished: list[str] = []
-        for command in commands:
-            if isinstance(command, PbxRequest):
-                if command.transfer_id in unsaved:
-                    self._not_sent(command, unsaved[command.transfer_id])
-                else:
-                    self._dispatch(command, started)
+                export = self.engine.export(command.transfer_id)
+                rows.append(Saved(command.transfer_id, command.resource, export, command.final, self.pbx))
+                after.append(command)
+            elif isinstance(command, PbxRequest):
+                after.append(command)
             elif isinstance(command, StartTimer):
                 self._start_timer(command)
             elif isinstance(command, CancelTimer):
@@ -246,13 +272,6 @@ class Runtime:
             elif isinstance(command, QueryCalls):
                 log.info("reconcile", transfer_id=command.transfer_id, reason=command.reason)
                 self._spawn(self._query())
-            elif isinstance(command, TransferChanged):
-                self._transfer_changed(command)
-                if command.final:
-                    finished.append(command.transfer_id)
-                    self._finished[command.transfer_id] = command.resource
-                    if len(self._finished) > RECENT_FINISHED:
-                        self._finished.popitem(last=False)
             elif isinstance(command, RuleNotice):
                 self._rule_notice(command)
             elif isinstance(command, AskRule):
@@ -261,12 +280,70 @@ class Runtime:
                 # Only build the call's view when someone reads the live stream.
                 call = self.engine.call(command.call_id) or {"call_id": command.call_id, "members": []}
                 self.hub.publish({"kind": "call", "call": self.tagged(call)}, self.pbx)
+        if not after:
+            return
+        if self.stale:  # the lease is lost: nothing is written or sent any more
+            self._after_commit(after, StaleFence(f"pbx {self.pbx}: this instance lost its lease"), started)
+            return
+        if not rows and not self.wal.pending:
+            self._after_commit(after, None, started)  # nothing to save, nothing ahead of it
+            return
+        urgent = any(isinstance(command, PbxRequest) for command in after)
+        self.wal.submit(rows, lambda error: self._after_commit(after, error, started), urgent=urgent)
+
+    def _after_commit(self, after: list[Command], error: StoreError | None, started: float) -> None:
+        """The part of a batch that waited for its rows to be durable (or refused: ``error``)."""
+        changed = [c.transfer_id for c in after if isinstance(c, TransferChanged)]
+        if error is None:
+            self._unsaved.difference_update(changed)
+        elif isinstance(error, StaleFence):
+            self._lost_lease(error)
+        else:
+            self.metrics.store_errors.inc()
+            for transfer_id in dict.fromkeys(changed):
+                log.error("store_error", transfer_id=transfer_id, error=str(error))
+                self._flush_later(transfer_id)
+        if error is None:
+            requests = [c.transfer_id for c in after if isinstance(c, PbxRequest)]
+            if requests:
+                kill_point(requests)  # chaos testing only: a no-op unless armed
+        finished: list[str] = []
+        for command in after:
+            if isinstance(command, PbxRequest):
+                if error is not None:
+                    self._not_sent(command, str(error))
+                else:
+                    self._dispatch(command, started)
+            elif isinstance(command, TransferChanged):
+                self._transfer_changed(command)
+                if command.final:
+                    finished.append(command.transfer_id)
+                    self._finished[command.transfer_id] = command.resource
+                    if len(self._finished) > RECENT_FINISHED:
+                        self._finished.popitem(last=False)
+        if error is not None:
+            return  # kept until the store has them: the flusher forgets them then
         for transfer_id in finished:
-            if transfer_id in self._unsaved:
-                continue  # kept until the store has it: the flusher forgets it then
+            if transfer_id in self._unsaved or self.engine.get(transfer_id) is None:
+                continue
             self.engine.forget(transfer_id)
             for key in [key for key in self._timers if key[0] == transfer_id]:
                 self._cancel_timer(*key)
+
+    def _lost_lease(self, error: StaleFence) -> None:
+        """A commit was refused for a stale fence: another instance owns this PBX now."""
+        stale_writes = getattr(self.metrics, "stale_writes", None)  # wired by the HA metrics
+        if stale_writes is not None:
+            stale_writes.inc()
+        if self.stale:
+            return
+        self.stale = True
+        log.error("lost_lease", pbx=self.pbx, error=str(error))
+        if self._on_stale is not None:
+            try:
+                self._on_stale()
+            except Exception:
+                log.exception("on_stale_failed")
 
     def _rule_notice(self, notice: RuleNotice) -> None:
         """What a routing rule did: a log line and a live-stream message (counters live in the engine)."""
@@ -451,15 +528,27 @@ class Runtime:
             if transfer is None:
                 self._unsaved.discard(transfer_id)
                 return
-            try:
-                resource = self.tagged(transfer.resource())
-                self.store.save(transfer_id, resource, transfer.export(), transfer.final, self.pbx)
-            except StoreError as exc:
-                log.warning("store_retry_failed", transfer_id=transfer_id, error=str(exc))
+            if transfer_id not in self._unsaved:  # a later decision's commit saved it meanwhile
+                if transfer.final:
+                    self.engine.forget(transfer_id)
+                return
+            # Through the group commit, so it cannot overtake (or be overtaken by) a newer row.
+            row = Saved(
+                transfer_id, self.tagged(transfer.resource()), transfer.export(), transfer.final, self.pbx
+            )
+            done: asyncio.Future[StoreError | None] = asyncio.get_running_loop().create_future()
+            self.wal.submit([row], done.set_result, urgent=True)
+            error = await done
+            if isinstance(error, StaleFence):
+                self._lost_lease(error)
+                self._unsaved.discard(transfer_id)  # not ours to save any more
+                return
+            if error is not None:
+                log.warning("store_retry_failed", transfer_id=transfer_id, error=str(error))
                 continue
             self._unsaved.discard(transfer_id)
             log.info("store_recovered", transfer_id=transfer_id)
-            if transfer.final:
+            if transfer.final and self.engine.get(transfer_id) is not None:
                 self.engine.forget(transfer_id)
 
     async def _query(self) -> None:

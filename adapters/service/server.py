@@ -195,11 +195,28 @@ class Service:
             )
             adapter = adapter or build_adapter(pbx, Tee(self.observer, self.recorder), credentials)
             runtime = RecordingRuntime(
-                engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub, recorder=self.recorder
+                engine,
+                adapter,
+                self.store,
+                self.metrics,
+                pbx=pbx.name,
+                hub=self.hub,
+                recorder=self.recorder,
+                max_pending_transfers=config.api.max_pending_transfers,
+                max_starting_transfers=config.api.max_starting_transfers,
             )
         else:
             adapter = adapter or build_adapter(pbx, self.observer, credentials)
-            runtime = Runtime(engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub)
+            runtime = Runtime(
+                engine,
+                adapter,
+                self.store,
+                self.metrics,
+                pbx=pbx.name,
+                hub=self.hub,
+                max_pending_transfers=config.api.max_pending_transfers,
+                max_starting_transfers=config.api.max_starting_transfers,
+            )
         return Unit(pbx.name, pbx, adapter, runtime)
 
     def reload_rules(self) -> None:

@@ -16,9 +16,17 @@ Every exchange ends in exactly one of four ways, and callers act on which:
 The only retry is after 10004 TOKEN EXPIRED, which the PBX answers without
 acting: the token is renewed and the request sent once more.
 
-The PBX closes TCP after each response, so the client keeps no idle
-connections; reusing one the PBX is closing would turn a harmless race into
-an unknown outcome.  Proxies from the environment are ignored
+Connections are kept open and reused when the PBX keeps them open (an HTTP
+answer without ``Connection: close``): a new TCP connection costs a connect
+round trip and the client's connection set-up on every request.  A P-Series
+closes after each answer (``Connection: close``), and httpx then closes its
+side too: nothing is reused, nothing changes.  An idle connection is dropped
+after :data:`KEEPALIVE_EXPIRY_S`, well under the idle timeouts of common
+servers, and httpcore checks that the peer has not closed it before reusing
+it — so the race of a request sent on a connection the PBX is closing (which
+would turn a harmless close into an unknown outcome, reconciled from
+``call/query``) stays narrow.  ``bench`` prints what the PBX's
+close-after-answer costs per request and what reuse saves.  Proxies from the environment are ignored
 (``trust_env=False``): the token travels in the URL, and the PBX is reached
 directly.
 """
@@ -46,6 +54,10 @@ from engine.model import Op
 log = structlog.get_logger(__name__)
 
 API_PATH = "/openapi/v1.0/"
+#: Idle connections to the PBX are closed after this many seconds (when the PBX keeps them).
+KEEPALIVE_EXPIRY_S = 2.0
+#: Idle connections kept open at most (when the PBX keeps them).
+KEEPALIVE_CONNECTIONS = 32
 
 
 def tls_context(verify_tls: bool = True, ca_file: str | None = None) -> ssl.SSLContext:
@@ -105,20 +117,31 @@ class YeastarRest:
         pair is kept across restarts (see :mod:`.tokens`)."""
         install_log_redaction()
         self.base_url = base_url.rstrip("/")
-        if transport is None:
-            transport = httpx.AsyncHTTPTransport(
-                verify=ssl_context or tls_context(),
-                limits=httpx.Limits(max_keepalive_connections=0),
+        verify = ssl_context or tls_context()
+
+        def client(transport: httpx.AsyncBaseTransport | None) -> httpx.AsyncClient:
+            if transport is None:
+                transport = httpx.AsyncHTTPTransport(
+                    verify=verify,
+                    limits=httpx.Limits(
+                        max_keepalive_connections=KEEPALIVE_CONNECTIONS, keepalive_expiry=KEEPALIVE_EXPIRY_S
+                    ),
+                    trust_env=False,
+                )
+            # User-Agent is mandatory: without it the PBX answers 40002.
+            return httpx.AsyncClient(
+                base_url=self.base_url + API_PATH,
+                transport=transport,
+                headers={"User-Agent": user_agent},
+                timeout=timeout_s,
                 trust_env=False,
             )
-        # User-Agent is mandatory: without it the PBX answers 40002.
-        self._client = httpx.AsyncClient(
-            base_url=self.base_url + API_PATH,
-            transport=transport,
-            headers={"User-Agent": user_agent},
-            timeout=timeout_s,
-            trust_env=False,
-        )
+
+        self._client = client(transport)
+        # The second request of a transfer (complete, abort…) and clean-up hangups have a
+        # connection pool of their own: under a burst, new transfers' starts fill the first
+        # pool, and the request that finishes a transfer must not wait for a slot behind them.
+        self._decisive = client(transport)
         self._observer = observer or Observer()
         self.tokens = TokenManager(
             self.send,
@@ -137,8 +160,10 @@ class YeastarRest:
         token: str | None = None,
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        decisive: bool = False,
     ) -> dict[str, Any]:
-        """One exchange; returns the answer whatever its ``errcode``.
+        """One exchange; returns the answer whatever its ``errcode``.  ``decisive``:
+        through the connection pool of decisive requests (see ``__init__``).
 
         Raises :class:`PbxUnreachable` or :class:`OutcomeUnknown` (see the
         module docstring).  Reports the exchange, redacted, to the observer.
@@ -151,7 +176,8 @@ class YeastarRest:
         result = "unknown"
         try:
             try:
-                response = await self._client.request(method, endpoint, params=query, json=body)
+                client = self._decisive if decisive else self._client
+                response = await client.request(method, endpoint, params=query, json=body)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
                 result = "error"
                 raise _unreachable(endpoint, exc) from None
@@ -191,6 +217,7 @@ class YeastarRest:
         *,
         body: dict[str, Any] | None = None,
         params: dict[str, str] | None = None,
+        decisive: bool = False,
     ) -> dict[str, Any]:
         """A token-authenticated request; returns a successful answer.
 
@@ -198,11 +225,13 @@ class YeastarRest:
         token is renewed and the request sent once more (the PBX did not act).
         """
         token = await self.tokens.token()
-        answer = await self.send(method, endpoint, token=token, body=body, params=params)
+        answer = await self.send(method, endpoint, token=token, body=body, params=params, decisive=decisive)
         err = answer_error(answer)
         if isinstance(err, TokenExpiredError):
             token = await self.tokens.renew(token)
-            answer = await self.send(method, endpoint, token=token, body=body, params=params)
+            answer = await self.send(
+                method, endpoint, token=token, body=body, params=params, decisive=decisive
+            )
             err = answer_error(answer)
         if err is not None:
             raise err
@@ -227,10 +256,10 @@ class YeastarRest:
     async def transfer_operate(self, channel_id: str, op: Op) -> dict[str, Any]:
         """The second attended request, on the transferor's ``channel_id``."""
         body = {"type": "attended", "channel_id": channel_id, "attended_operate": op}
-        return await self.call("POST", "call/transfer", body=body)
+        return await self.call("POST", "call/transfer", body=body, decisive=True)
 
     async def hangup(self, channel_id: str) -> dict[str, Any]:
-        return await self.call("POST", "call/hangup", body={"channel_id": channel_id})
+        return await self.call("POST", "call/hangup", body={"channel_id": channel_id}, decisive=True)
 
     async def hold(self, channel_id: str) -> dict[str, Any]:
         return await self.call("POST", "call/hold", body={"channel_id": channel_id})
@@ -273,6 +302,7 @@ class YeastarRest:
             await self.tokens.close()
         finally:
             await self._client.aclose()
+            await self._decisive.aclose()
 
 
 def _transfer(kind: str, channel_id: str, number: str, dial_permission: str | None) -> dict[str, Any]:

@@ -134,6 +134,9 @@ class SimConfig:
     seed: int = 0
     monitor_call_id: MonitorCallId = "monitored"
     parking_slots: tuple[str, ...] = tuple(str(slot) for slot in range(6000, 6010))
+    #: ``Connection: close`` after each HTTP answer, as a P-Series does; False keeps
+    #: connections open (to measure what reusing them would save).
+    close_after_answer: bool = True
 
 
 class SimError(Exception):

@@ -82,6 +82,10 @@ def _seconds(ttl: float) -> float | int:
     return int(ttl) if ttl == int(ttl) else ttl
 
 
+#: What a P-Series sends with every HTTP answer (``SimConfig.close_after_answer``).
+_CLOSE = {"Connection": "close"}
+
+
 @dataclass(slots=True)
 class SimRequest:
     """One HTTP request as the simulator saw it.  ``body`` and ``answer`` have
@@ -376,7 +380,7 @@ class PbxSimulator:
             await self._stall(timeout.seconds)
         if answer is None:  # held without acting: a late failure nobody waits for any more
             answer = record.answer = _error(-2)
-        return JSONResponse(answer, headers={"Connection": "close"})
+        return JSONResponse(answer, headers=_CLOSE if self.config.close_after_answer else None)
 
     def _check(self, request: Request, endpoint: str) -> dict[str, Any] | None:
         """The refusals that come before any work: no User-Agent, no such endpoint, a fault."""

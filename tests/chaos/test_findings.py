@@ -9,13 +9,13 @@ until the fixes described in RELIABILITY.md ("Findings") are applied.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from adapters.service.metrics import Metrics
 from adapters.service.runtime import Runtime
-from adapters.service.store import SqliteStore, StoreError
+from adapters.service.store import Fence, Saved, SqliteStore, StoreError
 from engine.chart import FINAL_STATES
 from engine.engine import Engine
 from engine.errors import Rejected
@@ -100,17 +100,10 @@ class FlakyStore(SqliteStore):
         super().__init__(path)
         self.locked = False
 
-    def save(
-        self,
-        transfer_id: str,
-        resource: Mapping[str, Any],
-        export: Mapping[str, Any],
-        final: bool,
-        pbx: str = "default",
-    ) -> None:
+    async def commit(self, rows: Sequence[Saved], fence: Fence | None = None) -> None:
         if self.locked:
             raise StoreError(f"store {self.path}: cannot write: database is locked")
-        super().save(transfer_id, resource, export, final, pbx)
+        await super().commit(rows, fence)
 
 
 async def _consulting(tmp_path: Path, **policy: Any) -> tuple[Runtime, FakeAdapter, FlakyStore, str]:
