@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict, deque
-from collections.abc import Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, cast
 
 import structlog
@@ -39,7 +39,7 @@ from adapters.base import Clock, PbxAdapter
 from adapters.service.hub import Hub
 from adapters.service.logs import get_logger
 from adapters.service.metrics import Metrics
-from adapters.service.store import StoreError, TransferStore
+from adapters.service.store import Fence, Saved, StaleFence, StoreError, TransferStore
 from engine.engine import Engine
 from engine.model import (
     AskRule,
@@ -83,10 +83,16 @@ class Runtime:
         pbx: str = "default",
         hub: Hub | None = None,
         drain_timeout_s: float = 5.0,
+        fence: Callable[[], Fence | None] | None = None,
+        on_stale: Callable[[], None] | None = None,
     ) -> None:
         """``pbx`` names the PBX connection this runtime drives (it tags every
         resource, call and stored row); ``hub`` is the live stream shared with
-        the service's other runtimes (a runtime of its own by default)."""
+        the service's other runtimes (a runtime of its own by default).
+
+        ``fence`` (several instances, :mod:`adapters.service.ha`): the proof of
+        ownership every decision is written with; a write refused as stale
+        sends none of its requests and calls ``on_stale`` (the unit stops)."""
         self.engine = engine
         self.adapter = adapter
         self.store = store
@@ -107,6 +113,10 @@ class Runtime:
         self._unsaved: set[str] = set()  # transfers whose latest state is not on disk
         self._event_counters: dict[type, Any] = {}  # event type -> labelled counter
         self._ask_client: Any = None  # httpx client of routing rules' ``ask`` (made on first use)
+        self._fence = fence
+        self._on_stale = on_stale
+        self._commit_tail: asyncio.Task[None] | None = None  # the last fenced batch (HA)
+        self.stale = False  # a fenced write was refused: this runtime acts no more
 
     # -- life cycle ------------------------------------------------------------
     async def start(self) -> None:
@@ -217,9 +227,14 @@ class Runtime:
     # -- executing commands ------------------------------------------------------
     def _execute(self, commands: Iterable[Command], started: float) -> None:
         commands = list(commands)
+        fence = self._fence() if self._fence is not None else None
+        if fence is not None:
+            commands = self._fenced(commands, fence, started)
         unsaved: dict[str, str] = {}  # transfer_id -> why its decision is not on disk
         for command in commands:
-            if isinstance(command, TransferChanged):
+            if fence is not None:
+                pass  # written and dispatched by _fenced
+            elif isinstance(command, TransferChanged):
                 # The engine built this resource for this command alone: tag it in place.
                 cast(dict[str, Any], command.resource)["pbx"] = self.pbx
                 try:
@@ -453,7 +468,14 @@ class Runtime:
                 return
             try:
                 resource = self.tagged(transfer.resource())
-                self.store.save(transfer_id, resource, transfer.export(), transfer.final, self.pbx)
+                if self._fence is not None:
+                    row = Saved(transfer_id, resource, transfer.export(), transfer.final, self.pbx)
+                    await self._commit_fenced([row])
+                else:
+                    self.store.save(transfer_id, resource, transfer.export(), transfer.final, self.pbx)
+            except StaleFence:
+                self._unsaved.discard(transfer_id)
+                return
             except StoreError as exc:
                 log.warning("store_retry_failed", transfer_id=transfer_id, error=str(exc))
                 continue
@@ -487,3 +509,84 @@ class Runtime:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    # -- several instances: fenced write-ahead (HA; the group-commit pipeline replaces it) --
+    def _fenced(self, commands: list[Command], fence: Fence, started: float) -> list[Command]:
+        """Write this batch's decisions with ``fence``, then send its requests (in a task,
+        after every earlier batch: one transfer's requests keep their order).
+
+        Returns the commands to run now (everything but the requests).  Until
+        the write is durable a finished transfer is kept (``_unsaved``).
+        """
+        rows: list[Saved] = []
+        requests: list[PbxRequest] = []
+        rest: list[Command] = []
+        for command in commands:
+            if isinstance(command, TransferChanged):
+                cast(dict[str, Any], command.resource)["pbx"] = self.pbx
+                export = self.engine.export(command.transfer_id)
+                rows.append(Saved(command.transfer_id, command.resource, export, command.final, self.pbx))
+                self._unsaved.add(command.transfer_id)
+            if isinstance(command, PbxRequest):
+                requests.append(command)
+            else:
+                rest.append(command)
+        if rows or requests:
+            previous = self._commit_tail
+            self._commit_tail = asyncio.get_running_loop().create_task(
+                self._write_then_send(previous, rows, requests, fence, started)
+            )
+            self._tasks.add(self._commit_tail)
+            self._commit_tail.add_done_callback(self._tasks.discard)
+        return rest
+
+    async def _write_then_send(
+        self,
+        previous: asyncio.Task[None] | None,
+        rows: list[Saved],
+        requests: list[PbxRequest],
+        fence: Fence,
+        started: float,
+    ) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        why = None
+        try:
+            await self._commit_fenced(rows, fence)
+        except StaleFence:
+            return  # nothing sent: another instance owns the PBX now
+        except StoreError as exc:
+            self.metrics.store_errors.inc()
+            why = str(exc)
+            log.error("store_error", transfer_ids=[row.transfer_id for row in rows], error=why)
+            for row in rows:
+                self._unsaved.discard(row.transfer_id)
+                self._flush_later(row.transfer_id)
+        else:
+            for row in rows:
+                self._unsaved.discard(row.transfer_id)
+                if row.final and self.engine.get(row.transfer_id) is not None:
+                    self.engine.forget(row.transfer_id)
+                    for key in [key for key in self._timers if key[0] == row.transfer_id]:
+                        self._cancel_timer(*key)
+        for request in requests:
+            if why is not None:
+                self._not_sent(request, why)
+            else:
+                self._dispatch(request, started)
+
+    async def _commit_fenced(self, rows: list[Saved], fence: Fence | None = None) -> None:
+        """``store.commit`` with the current fence; a refusal stops this runtime for good."""
+        if self.stale:
+            raise StaleFence(f"pbx {self.pbx}: this instance lost its lease")
+        fence = fence or (self._fence() if self._fence is not None else None)
+        try:
+            await self.store.commit(rows, fence)
+        except StaleFence:
+            self.stale = True
+            self._closing = True  # _dispatch sends nothing from now on
+            self.metrics.stale_writes.inc()
+            log.error("stale_fence", pbx=self.pbx, token=fence.token if fence else None)
+            if self._on_stale is not None:
+                self._on_stale()
+            raise

@@ -144,7 +144,9 @@ class Service:
         self.observer = observer or MetricsObserver(self.metrics)
         redactor.add(secrets_of(config))
         self.store = SqliteStore(config.store.path)
-        self.hub = Hub(self.metrics)
+        # Several instances (a PostgreSQL store): units follow the PBX leases (adapters.service.ha).
+        self.cluster = _cluster(self)
+        self.hub = self.cluster.hub if self.cluster is not None else Hub(self.metrics)
         self.users = Users(
             (User(u.name, u.role, u.token_hash) for u in config.api.users),
             config.api.token.get_secret_value() if config.api.token else None,
@@ -155,7 +157,8 @@ class Service:
         self.recorder: Recorder | None = None
         self.units: dict[str, Unit] = {}
         for pbx in config.pbx:
-            self.units[pbx.name] = self._unit(pbx, injected.get(pbx.name))
+            if self.cluster is None:  # in a cluster, units come and go with the leases
+                self.units[pbx.name] = self._unit(pbx, injected.get(pbx.name))
         #: The routing rules file and what it holds (None: no ``[rules] path``).
         self.rules: RulesHolder | None = None
         if config.rules.path is not None:
@@ -163,12 +166,15 @@ class Service:
             self.rules.attach(self)
             self.metrics.registry.register(RulesCollector(self))
         self.app = create_app(self, request_timeout_s=REQUEST_TIMEOUT_S)
+        if self.cluster is not None:
+            self.cluster.serve(self.app)  # requests about PBXs owned elsewhere go to their owner
         self._socket: socket.socket | None = None
         self._server: _Uvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
         self._stopped = False
 
-    def _unit(self, pbx: PbxTable, adapter: PbxAdapter | None) -> Unit:
+    def _unit(self, pbx: PbxTable, adapter: PbxAdapter | None, **runtime_options: Any) -> Unit:
+        """``runtime_options``: more :class:`Runtime` arguments (a cluster's ``fence``, ``on_stale``)."""
         config = self.config
         engine = Engine(config.policy_of(pbx).engine_policy())
         credentials = StoredCredentials(self.store, pbx.name, CREDENTIAL_KIND[pbx.kind])
@@ -190,7 +196,9 @@ class Service:
             )
         else:
             adapter = adapter or build_adapter(pbx, self.observer, credentials)
-            runtime = Runtime(engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub)
+            runtime = Runtime(
+                engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub, **runtime_options
+            )
         return Unit(pbx.name, pbx, adapter, runtime)
 
     def reload_rules(self) -> None:
@@ -244,6 +252,8 @@ class Service:
             sock.listen(128)  # clients queue in the backlog until uvicorn accepts
             for unit in self.units.values():
                 await unit.runtime.start()
+            if self.cluster is not None:
+                await self.cluster.start(int(sock.getsockname()[1]))
         except BaseException:
             sock.close()
             raise
@@ -274,6 +284,8 @@ class Service:
             self._server.should_exit = True
             await self._serving
         self.hub.close()
+        if self.cluster is not None:
+            await self.cluster.stop()  # its units, then the leases handed back
         for unit in self.units.values():
             await unit.runtime.close()
         await self.app.state.audit.close()
@@ -283,6 +295,14 @@ class Service:
         if self._socket is not None:
             self._socket.close()
         log.info("service_stopped")
+
+
+def _cluster(service: Service) -> Any:
+    """The service's part in a cluster (None: SQLite, one instance)."""
+    from adapters.service.ha import Cluster, store_url
+
+    url = store_url(service.config)
+    return Cluster(service, url) if url is not None else None
 
 
 async def run_until_signalled(config: Config) -> None:
