@@ -226,8 +226,7 @@ class LeaseKeeper:
             try:
                 async with asyncio.timeout(self.renew_s):
                     await self._conn.execute(
-                        "UPDATE xferd_leases SET owner = NULL, url = NULL, expires_at = now()"
-                        " WHERE owner = %s AND pbx = ANY(%s)",
+                        "UPDATE xferd_leases SET expires_at = now() WHERE owner = %s AND pbx = ANY(%s)",
                         (self.id, held),
                     )
             except Exception as exc:
@@ -316,7 +315,7 @@ class LeaseKeeper:
                     held = self.held[pbx]
                     self._drop(pbx, "handed over (fair share)")
                     await conn.execute(
-                        "UPDATE xferd_leases SET owner = NULL, url = NULL, expires_at = now()"
+                        "UPDATE xferd_leases SET expires_at = now()"
                         " WHERE pbx = %s AND owner = %s AND token = %s",
                         (pbx, self.id, held.token),
                     )
@@ -384,8 +383,19 @@ class LeaseKeeper:
             import psycopg
 
             self._conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True, **KEEPALIVE_OPTIONS)
-            for statement in DDL:
-                await self._conn.execute(statement)
+            for attempt in range(3):
+                try:
+                    # Concurrent CREATE TABLE IF NOT EXISTS can still collide: one at a time
+                    # (a transaction lock, released at commit), and once more if the store's
+                    # own migration raced us.
+                    async with self._conn.transaction():
+                        await self._conn.execute("SELECT pg_advisory_xact_lock(hashtext('xferd_leases_ddl'))")
+                        for statement in DDL:
+                            await self._conn.execute(statement)
+                    break
+                except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
+                    if attempt == 2:
+                        raise
             await self._conn.execute(
                 "INSERT INTO xferd_leases (pbx) SELECT unnest(%s::text[]) ON CONFLICT (pbx) DO NOTHING",
                 (list(self.pbxs),),
