@@ -193,7 +193,8 @@ def webex(args: argparse.Namespace) -> int:
     import os
 
     from adapters.service.config import DEFAULT_PBX_NAME, ConfigError, load, pbx_env_name
-    from adapters.service.store import SqliteStore, StoredCredentials, StoreError
+    from adapters.service.pgstore import redact_url
+    from adapters.service.store import StoredCredentials, StoreError, close_store, open_store
     from adapters.webex.authorize import AuthorizationFailed, Integration, authorize
     from adapters.webex.oauth import CREDENTIAL_KIND, fingerprint
 
@@ -222,19 +223,26 @@ def webex(args: argparse.Namespace) -> int:
     integration = Integration(pbx.base_url, pbx.client_id, pbx.client_secret.get_secret_value())
     seed = fingerprint(pbx.refresh_token.get_secret_value()) if pbx.refresh_token else None
     try:
-        store = SqliteStore(config.store.path)
+        store = open_store(config.store.url_value, config.store.path)
     except StoreError as exc:
         return fail(str(exc), 1)
     credentials = StoredCredentials(store, name, CREDENTIAL_KIND)
+
+    async def authorize_and_close() -> None:
+        try:
+            await authorize(integration, credentials, seed=seed, port=args.port, out=sys.stdout)
+        finally:
+            await close_store(store)
+
     try:
-        asyncio.run(authorize(integration, credentials, seed=seed, port=args.port, out=sys.stdout))
+        asyncio.run(authorize_and_close())
     except (AuthorizationFailed, StoreError) as exc:
         return fail(str(exc), 1)
     except KeyboardInterrupt:
-        return fail("authorization cancelled", 1)
-    finally:
         store.close()
-    print(f"xferd: the refresh token is stored in {config.store.path} for PBX {name!r}; `xferd run` uses it")
+        return fail("authorization cancelled", 1)
+    where = redact_url(config.store.url_value) if config.store.url_value else config.store.path
+    print(f"xferd: the refresh token is stored in {where} for PBX {name!r}; `xferd run` uses it")
     return 0
 
 

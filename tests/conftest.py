@@ -14,3 +14,6 @@ from hypothesis import HealthCheck, settings
 
 settings.register_profile("xferd", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("xferd")
+
+# PostgreSQL fixtures (pg_database, pg_url) for any test that needs the shared store.
+from tests.pg import pg_database, pg_url  # noqa: E402, F401

@@ -43,6 +43,7 @@ SECRET_ENV: dict[str, tuple[str, str]] = {
     "XFERD_PBX_REFRESH_TOKEN": ("pbx", "refresh_token"),
     "XFERD_WEBHOOK_SECRET": ("pbx", "webhook_secret"),
     "XFERD_API_TOKEN": ("api", "token"),
+    "XFERD_STORE_URL": ("store", "url"),
 }
 #: The PBX keys that may come from the environment, per ``[[pbx]]`` entry.
 PBX_SECRET_KEYS: tuple[str, ...] = (
@@ -270,10 +271,40 @@ class ApiConfig(_Table):
 
 
 class StoreConfig(_Table):
-    """Where transfers, idempotency keys and the audit log are kept."""
+    """Where transfers, idempotency keys, credentials and the audit log are kept."""
 
     path: Path = Path("xferd.sqlite3")
-    """The SQLite file (relative paths: next to the config file); state survives restarts."""
+    """The SQLite file (relative paths: next to the config file); state survives restarts.
+    Used unless `url` is set."""
+    url: SecretStr | None = None
+    """A PostgreSQL database instead of the SQLite file, as a libpq URL:
+    `postgresql://user:password@host:5432/dbname` (also env `XFERD_STORE_URL`). Needed to run
+    several instances; the service creates its tables at start. Treated as a secret (it may hold a
+    password): messages show it with the password replaced by `***`."""
+
+    @field_validator("url")
+    @classmethod
+    def _postgresql_url(cls, value: SecretStr | None) -> SecretStr | None:
+        """A `postgresql://` (or `postgres://`) URL with a host or a database."""
+        if value is None:
+            return None
+        text = value.get_secret_value()
+        scheme, sep, rest = text.partition("://")
+        if not sep or scheme not in ("postgresql", "postgres") or not rest.strip("/"):
+            raise ValueError("a postgresql:// URL, e.g. postgresql://xferd@127.0.0.1:5432/xferd")
+        return value
+
+    @model_validator(mode="after")
+    def _path_or_url(self) -> StoreConfig:
+        """`path` and `url` are alternatives."""
+        if self.url is not None and "path" in self.model_fields_set:
+            raise _KeyError(("store", "url"), "give either path (SQLite) or url (PostgreSQL), not both")
+        return self
+
+    @property
+    def url_value(self) -> str | None:
+        """The PostgreSQL URL in clear (for the driver only), or None for SQLite."""
+        return self.url.get_secret_value() if self.url is not None else None
 
 
 class HaConfig(_Table):
@@ -428,7 +459,8 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
         raise ConfigError(f"{prefix}: {describe(exc, data)}") from None
     # Relative paths mean "next to the config file", whatever the cwd of the service.
     if not config.store.path.is_absolute():
-        config = config.model_copy(update={"store": StoreConfig(path=path.parent / config.store.path)})
+        store = config.store.model_copy(update={"path": path.parent / config.store.path})
+        config = config.model_copy(update={"store": store})
     if config.record.path is not None and not config.record.path.is_absolute():
         config = config.model_copy(update={"record": RecordConfig(path=path.parent / config.record.path)})
     if config.rules.path is not None and not config.rules.path.is_absolute():

@@ -61,26 +61,7 @@ NOT_OWNER = "not sent: this instance no longer holds the PBX's lease"
 
 def store_url(config: Config) -> str | None:
     """The PostgreSQL URL of ``[store] url`` (None: SQLite, one instance, no cluster)."""
-    url = getattr(config.store, "url", None)
-    if url is None:
-        return None
-    text = url.get_secret_value() if hasattr(url, "get_secret_value") else str(url)
-    return text if text.startswith(("postgresql://", "postgres://")) else None
-
-
-def instance_id(config: Config) -> str:
-    """``[ha] instance_id``, or ``<host>-<pid>`` (unique per process: a restarted instance is a new one)."""
-    return config.ha.instance_id or f"{socket.gethostname()}-{os.getpid()}"
-
-
-def advertised_url(config: Config, port: int) -> str:
-    """``[ha] advertise_url``, or the listening address (a wildcard address: this host's name)."""
-    if config.ha.advertise_url:
-        return config.ha.advertise_url.rstrip("/")
-    host = config.api.host
-    if host in ("0.0.0.0", "::", ""):
-        host = socket.gethostname()
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    return config.store.url_value
 
 
 class FencedAdapter:

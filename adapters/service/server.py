@@ -27,7 +27,7 @@ from adapters.service.metrics import Metrics, MetricsObserver
 from adapters.service.roles import User, Users
 from adapters.service.rules import RulesCollector, RulesError, RulesHolder
 from adapters.service.runtime import Runtime
-from adapters.service.store import SqliteStore, StoredCredentials
+from adapters.service.store import StoredCredentials, close_store, open_store
 from engine.engine import Engine
 
 log = get_logger("xferd.service")
@@ -89,7 +89,12 @@ def secrets_of(config: Config) -> list[str]:
             values += [pbx.client_secret]
         else:
             values += [pbx.access_token, pbx.webhook_secret, pbx.client_secret, pbx.refresh_token]
-    return [value.get_secret_value() for value in values if value is not None]
+    secrets = [value.get_secret_value() for value in values if value is not None]
+    if config.store.url is not None:  # the whole URL, and its password wherever it shows alone
+        from adapters.service.pgstore import url_password
+
+        secrets += [config.store.url.get_secret_value(), url_password(config.store.url.get_secret_value())]
+    return [secret for secret in secrets if secret]
 
 
 #: The ``credentials.kind`` each platform keeps in the store (``adapters.webex.oauth.CREDENTIAL_KIND``).
@@ -143,7 +148,7 @@ class Service:
         self.metrics = observer.metrics if observer is not None else Metrics()
         self.observer = observer or MetricsObserver(self.metrics)
         redactor.add(secrets_of(config))
-        self.store = SqliteStore(config.store.path)
+        self.store = open_store(config.store.url_value, config.store.path)
         # Several instances (a PostgreSQL store): units follow the PBX leases (adapters.service.ha).
         self.cluster = _cluster(self)
         self.hub = self.cluster.hub if self.cluster is not None else Hub(self.metrics)
@@ -291,7 +296,7 @@ class Service:
         await self.app.state.audit.close()
         if self.recorder is not None:
             self.recorder.close()
-        self.store.close()
+        await close_store(self.store)
         if self._socket is not None:
             self._socket.close()
         log.info("service_stopped")
@@ -316,7 +321,7 @@ async def run_until_signalled(config: Config) -> None:
     try:
         await service.start()
     except BaseException:
-        service.store.close()
+        await close_store(service.store)
         raise
     try:
         await stop.wait()

@@ -424,3 +424,22 @@ class StoredCredentials:
 
     async def save(self, value: dict[str, Any]) -> None:
         await self._store.credentials_put(self.pbx, self.kind, value)
+
+
+def open_store(url: str | None, path: str | Path) -> TransferStore:
+    """The store ``[store]`` names: PostgreSQL when ``url`` is set (``store.url``), else the
+    SQLite file ``path``.  Raises :class:`StoreError` (one sentence, no password)."""
+    if url is not None:
+        from adapters.service.pgstore import PgStore  # psycopg only for those who use it
+
+        return PgStore(url)
+    return SqliteStore(path)
+
+
+async def close_store(store: TransferStore) -> None:
+    """Close ``store`` from the event loop (a networked store closes its pool asynchronously)."""
+    aclose = getattr(store, "aclose", None)
+    if aclose is not None:
+        await aclose()
+    else:
+        store.close()
