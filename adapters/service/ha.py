@@ -64,6 +64,21 @@ def store_url(config: Config) -> str | None:
     return config.store.url_value
 
 
+def instance_id(config: Config) -> str:
+    """``[ha] instance_id``, or ``<host>-<pid>`` (unique per process: a restarted instance is a new one)."""
+    return config.ha.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def advertised_url(config: Config, port: int) -> str:
+    """``[ha] advertise_url``, or the listening address (a wildcard address: this host's name)."""
+    if config.ha.advertise_url:
+        return config.ha.advertise_url.rstrip("/")
+    host = config.api.host
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 class FencedAdapter:
     """A PBX adapter that sends nothing once its instance's lease is not valid.
 
@@ -292,6 +307,8 @@ class Cluster:
                     capabilities=list(unit.adapter.capabilities),
                     detail=unit.adapter.detail,
                 )
+            elif owner == self.id:  # granted, its unit still starting (restore, PBX login)
+                entry.update(pbx="disconnected", capabilities=[], detail="taking over: connecting to the PBX")
             else:
                 # Another instance drives it: its lease being live is what this one can know.
                 entry.update(
