@@ -87,6 +87,21 @@ KEEPALIVE_OPTIONS: dict[str, Any] = {
 }
 
 
+#: How long a grant waits for the lease row's lock (a live owner's fenced write holds it for
+#: a moment; a frozen owner's, for ever).
+GRANT_LOCK_TIMEOUT = "300ms"
+#: Ends transactions that hold the lease table's row locks and sat idle longer than a
+#: half-TTL: only a frozen or cut-off client does that (a commit is a few milliseconds).
+TERMINATE_STALE = (
+    "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a"
+    " WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()"
+    " AND a.state IN ('idle in transaction', 'idle in transaction (aborted)')"
+    " AND now() - a.state_change > %s::interval"
+    " AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid"
+    " AND l.relation = 'xferd_leases'::regclass AND l.mode = 'RowShareLock')"
+)
+
+
 # -- the decision (pure) ---------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class LeaseRow:
@@ -322,13 +337,7 @@ class LeaseKeeper:
             for pbx in decided.acquire:
                 previous = self.leases.get(pbx)
                 sent = time.monotonic()
-                cursor = await conn.execute(
-                    "UPDATE xferd_leases SET owner = %s, url = %s, token = token + 1,"
-                    " expires_at = now() + %s::interval"
-                    " WHERE pbx = %s AND (owner IS NULL OR expires_at <= now()) RETURNING token",
-                    (self.id, self.url, ttl, pbx),
-                )
-                row = await cursor.fetchone()
+                row = await self._grant(conn, pbx, ttl)
                 if row is None:
                     continue  # another instance was faster
                 held = Held(pbx, int(row[0]), 0.0)
@@ -341,6 +350,35 @@ class LeaseKeeper:
             if decided.acquire or decided.release:
                 await self._read(conn)
         self.rounds += 1
+
+    async def _grant(self, conn: Any, pbx: str, ttl: str) -> Any:
+        """Take ``pbx``'s lease if it is free or expired: its new token, or None.
+
+        An expired lease's row may still be locked by its old owner's fenced
+        write, left open when that process froze mid-transaction: ``FOR
+        SHARE`` held by a stopped client is never released by the server on
+        its own.  The grant waits at most :data:`GRANT_LOCK_TIMEOUT`, then
+        ends such stale transactions (:data:`TERMINATE_STALE`) — the frozen
+        owner's write is rolled back, so its request is never sent — and the
+        next round grants.
+        """
+        import psycopg
+
+        try:
+            async with conn.transaction():
+                await conn.execute(f"SET LOCAL lock_timeout = '{GRANT_LOCK_TIMEOUT}'")
+                cursor = await conn.execute(
+                    "UPDATE xferd_leases SET owner = %s, url = %s, token = token + 1,"
+                    " expires_at = now() + %s::interval"
+                    " WHERE pbx = %s AND (owner IS NULL OR expires_at <= now()) RETURNING token",
+                    (self.id, self.url, ttl, pbx),
+                )
+                return await cursor.fetchone()
+        except psycopg.errors.LockNotAvailable:
+            cursor = await conn.execute(TERMINATE_STALE, (f"{self.ttl_s / 2} seconds",))
+            ended = [row[0] for row in await cursor.fetchall()]
+            log.warning("lease_row_locked", pbx=pbx, stale_transactions_ended=len(ended))
+            return None
 
     async def _read(self, conn: Any) -> None:
         cursor = await conn.execute(
