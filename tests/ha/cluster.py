@@ -134,7 +134,9 @@ class Cluster:
     def live(self) -> list[Instance]:
         return [i for i in self.instances if i.alive()]
 
-    async def owner(self, pbx: str = "default", within_s: float = 30.0, not_: Instance | None = None) -> Instance:
+    async def owner(
+        self, pbx: str = "default", within_s: float = 30.0, not_: Instance | None = None
+    ) -> Instance:
         """The instance that owns ``pbx`` and reports it connected (waits for a takeover)."""
         deadline = time.monotonic() + within_s
         while time.monotonic() < deadline:

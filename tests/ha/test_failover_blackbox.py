@@ -43,7 +43,9 @@ async def cluster(sim: PbxSimulator, tmp_path: Path, ha_db: str) -> AsyncIterato
         await group.close()
 
 
-async def test_a_transfer_survives_kill_9_of_its_owner_exactly_once(sim: PbxSimulator, cluster: Cluster) -> None:
+async def test_a_transfer_survives_kill_9_of_its_owner_exactly_once(
+    sim: PbxSimulator, cluster: Cluster
+) -> None:
     owner = await cluster.owner()
     standby = next(i for i in cluster.instances if i is not owner)
     # The standby serves the API too: it names the owner, and relays requests to it.
@@ -84,7 +86,15 @@ async def test_a_transfer_survives_kill_9_of_its_owner_exactly_once(sim: PbxSimu
 
 
 #: What a PBX request that acts on calls looks like to the simulator (reads and logins aside).
-ACTIONS = ("call/transfer", "call/hangup", "call/hold", "call/unhold", "call/dial", "call/park", "call/listen")
+ACTIONS = (
+    "call/transfer",
+    "call/hangup",
+    "call/hold",
+    "call/unhold",
+    "call/dial",
+    "call/park",
+    "call/listen",
+)
 
 
 def actions(sim: PbxSimulator) -> int:

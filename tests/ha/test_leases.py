@@ -157,7 +157,9 @@ async def test_concurrent_grants_give_each_lease_to_exactly_one_instance(ha_db: 
     await asyncio.gather(*(k.start() for k in keepers))
     try:
         # Converged: each holds at most its fair share (1), both are held...
-        await until(lambda: all(len(k.held) <= 1 for k in keepers) and sum(len(k.held) for k in keepers) == 2, 10)
+        await until(
+            lambda: all(len(k.held) <= 1 for k in keepers) and sum(len(k.held) for k in keepers) == 2, 10
+        )
         for _ in range(10):  # ...and it stays so, round after round
             held = [pbx for k in keepers for pbx in k.held]
             assert sorted(held) == ["p1", "p2"]
