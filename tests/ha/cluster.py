@@ -11,12 +11,14 @@ continues them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -62,6 +64,71 @@ def write_cluster_config(
     return path
 
 
+class DbProxy:
+    """A TCP proxy in front of PostgreSQL for one instance: :meth:`cut` drops its connections
+    (and refuses new ones for ``down_s``), as a broken network path would."""
+
+    def __init__(self, target: str) -> None:
+        parts = urlsplit(target)
+        self.target = target
+        self.host, self.port_to = parts.hostname or "127.0.0.1", parts.port or 5432
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self._pairs: set[asyncio.StreamWriter] = set()
+        self._down_until = 0.0
+
+    async def start(self) -> DbProxy:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    @property
+    def url(self) -> str:
+        parts = urlsplit(self.target)
+        netloc = parts.netloc.rsplit("@", 1)
+        host = f"127.0.0.1:{self.port}"
+        return urlunsplit(
+            (parts.scheme, f"{netloc[0]}@{host}" if len(netloc) == 2 else host, parts.path, "", "")
+        )
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if time.monotonic() < self._down_until:
+            writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(self.host, self.port_to)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._pairs.update((writer, up_writer))
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self._pairs.discard(writer)
+            writer.transport.abort()
+
+    def cut(self, down_s: float = 0.0) -> None:
+        """Drop every connection now; refuse new ones for ``down_s`` seconds."""
+        self._down_until = time.monotonic() + down_s
+        for writer in list(self._pairs):
+            writer.transport.abort()
+        self._pairs.clear()
+
+    async def close(self) -> None:
+        self.cut()
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await self.server.wait_closed()
+
+
 class Instance(Xferd):
     """One ``xferd run`` of the cluster."""
 
@@ -103,6 +170,7 @@ class Cluster:
         url: str,
         *,
         count: int = 2,
+        proxies: bool = False,
         **options: Any,
     ) -> None:
         self.tmp = tmp
@@ -113,21 +181,28 @@ class Cluster:
         self.instances: list[Instance] = []
         self.count = count
         self._next = 0
+        self.use_proxies = proxies
+        #: Each instance's own path to the database (with ``proxies``), by instance name.
+        self.proxies: dict[str, DbProxy] = {}
 
-    def new_instance(self) -> Instance:
+    async def new_instance(self) -> Instance:
         self._next += 1
         name = f"xferd-{self._next}"
         config = write_cluster_config(self.tmp / f"{name}.toml", self.sim, instance=name, **self.options)
-        instance = Instance(config, self.main_sim, self.url, name)
+        url = self.url
+        if self.use_proxies:
+            proxy = self.proxies[name] = await DbProxy(self.url).start()
+            url = proxy.url
+        instance = Instance(config, self.main_sim, url, name)
         self.instances.append(instance)
         return instance
 
     async def start(self) -> None:
         """The first instance (it takes every PBX), then the others (standbys, or their share)."""
-        first = await self.new_instance().start()
+        first = await (await self.new_instance()).start()
         await first.connected(START_WITHIN_S)
         for _ in range(self.count - 1):
-            await self.new_instance().launch()
+            await (await self.new_instance()).launch()
         for instance in self.instances[1:]:
             await until_http(lambda r: r.status_code in (200, 503), instance.http, "/healthz", START_WITHIN_S)
 
@@ -159,8 +234,8 @@ class Cluster:
     async def close(self) -> None:
         for instance in self.instances:
             if instance.alive() and instance.proc is not None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     instance.proc.send_signal(signal.SIGCONT)
-                except ProcessLookupError:
-                    pass
             await instance.close()
+        for proxy in self.proxies.values():
+            await proxy.close()

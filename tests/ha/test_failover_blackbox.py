@@ -63,9 +63,9 @@ async def test_a_transfer_survives_kill_9_of_its_owner_exactly_once(
         async with asyncio.timeout(10):
             while True:
                 message = json.loads(await ws.recv())
-                if message["kind"] == "transfer" and message["transfer"]["id"] == transfer_id:
-                    if message["transfer"]["state"] == "consulting":
-                        break
+                transfer = message.get("transfer") or {}
+                if transfer.get("id") == transfer_id and transfer["state"] == "consulting":
+                    break
     await owner.state(transfer_id, "consulting")
     await cluster.kill(owner)
     sim.answer(sim.channel_of(TARGET))  # the target answers while nobody owns the PBX
@@ -128,7 +128,7 @@ async def test_an_owner_frozen_past_its_lease_sends_nothing_when_it_wakes(
         await until(lambda: any('"lease_lost"' in line for line in owner.lines), 10)
         # Its loop runs again: it answers, as a standby that sees the new owner.
         await until_http(
-            lambda r: r.json()["pbxs"][0]["role"] == "standby" and r.json()["pbxs"][0]["owner"] == standby.name,
+            lambda r: (r.json()["pbxs"][0]["role"], r.json()["pbxs"][0]["owner"]) == ("standby", standby.name),
             owner.http, "/healthz", 10,
         )  # fmt: skip
         await owner.get("/metrics")  # one more loop turn for anything it might still send

@@ -26,7 +26,8 @@ async def store(ha_db: str) -> AsyncIterator[PgStore]:
         for statement in DDL:  # the same tables the store's migration made: a no-op, as promised
             conn.execute(statement)
         conn.execute(
-            "INSERT INTO xferd_leases (pbx, owner, token, expires_at) VALUES ('acme', 'me', 7, now() + interval '1 minute')"
+            "INSERT INTO xferd_leases (pbx, owner, token, expires_at)"
+            " VALUES ('acme', 'me', 7, now() + interval '1 minute')"
         )
     yield opened
     await opened.aclose()
