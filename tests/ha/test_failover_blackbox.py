@@ -13,6 +13,7 @@ import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import httpx
 import pytest
 from websockets.asyncio.client import connect
 
@@ -126,11 +127,13 @@ async def test_an_owner_frozen_past_its_lease_sends_nothing_when_it_wakes(
             owner.signal(signal.SIGCONT)
         # Awake with its own timer overdue: it must notice the lost lease and send nothing.
         await until(lambda: any('"lease_lost"' in line for line in owner.lines), 10)
+
         # Its loop runs again: it answers, as a standby that sees the new owner.
-        await until_http(
-            lambda r: (r.json()["pbxs"][0]["role"], r.json()["pbxs"][0]["owner"]) == ("standby", standby.name),
-            owner.http, "/healthz", 10,
-        )  # fmt: skip
+        def sees_new_owner(r: httpx.Response) -> bool:
+            entry = r.json()["pbxs"][0]
+            return (entry["role"], entry["owner"]) == ("standby", standby.name)
+
+        await until_http(sees_new_owner, owner.http, "/healthz", 10)
         await owner.get("/metrics")  # one more loop turn for anything it might still send
         assert actions(sim) == done
         assert sim.operate_count("complete") == 0
