@@ -29,6 +29,7 @@ def _figures() -> dict[str, Runner]:
     from bench.memory import run_memory
     from bench.replay_speed import run_replay
     from bench.rules import run_rules
+    from bench.takeover import run_takeover
 
     return {
         "ingest": run_ingest,
@@ -38,10 +39,11 @@ def _figures() -> dict[str, Runner]:
         "replay": run_replay,
         "load": run_load,
         "rules": run_rules,
+        "takeover": run_takeover,
     }
 
 
-NAMES = ("ingest", "latency", "memory", "scaling", "replay", "load", "rules")
+NAMES = ("ingest", "latency", "memory", "scaling", "replay", "load", "rules", "takeover")
 
 
 def _load() -> str:
