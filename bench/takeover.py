@@ -29,10 +29,26 @@ from chaos.support import CLIENT_SECRET, ChaosSimulator
 GOAL_MAX_S = 5.0
 
 
+def postgresql_reachable() -> bool:
+    """Can the takeover figure run (a PostgreSQL server to create its database on)?"""
+    import psycopg
+
+    from chaos.ha import ADMIN_URL
+
+    try:
+        with psycopg.connect(ADMIN_URL, connect_timeout=3):
+            return True
+    except psycopg.Error:
+        return False
+
+
 async def run_takeover(sizes: Sizes) -> list[Figure]:
     from tests.ha.cluster import Cluster
 
-    kills = 3 if sizes.quick else 20
+    kills = 2 if sizes.quick else 20
+    if not postgresql_reachable():
+        print("# takeover: NOT RUN: PostgreSQL unreachable (XFERD_TEST_PG)", flush=True)
+        return []
     config = SimConfig()
     config.client_secret = CLIENT_SECRET
     sim = ChaosSimulator(config)
@@ -62,7 +78,8 @@ async def run_takeover(sizes: Sizes) -> list[Figure]:
         f"lease_ttl_s 4, renew_s 1; min {min(times):.2f} s, max {worst:.2f} s"
     )
     return [
-        Figure("takeover_max", worst, "s", f"{details}; goal <= {GOAL_MAX_S:g} s", met=worst <= GOAL_MAX_S,
-               data={"times": times}),
+        Figure("takeover_max", worst, "s",
+               f"{details}; goal <= {GOAL_MAX_S:g} s: {'met' if worst <= GOAL_MAX_S else 'MISSED'}",
+               met=worst <= GOAL_MAX_S, data={"times": times}),
         Figure("takeover_median", median, "s", details),
     ]  # fmt: skip
