@@ -111,15 +111,11 @@ class FencedAdapter:
 
     async def execute(self, request: PbxRequest) -> RequestFinished:
         if not self._cluster.may_act(self._pbx):
+            # Not sent, and no result either: a result would be a new fact for an engine that
+            # must decide nothing more.  The request stays in flight in the store; the new owner
+            # reconciles it from the PBX's view.  (Cancels the runtime's worker for this transfer.)
             log.warning("request_not_sent_lease_lost", transfer_id=request.transfer_id, action=request.action)
-            return RequestFinished(
-                at=_now(),
-                transfer_id=request.transfer_id,
-                request_id=request.request_id,
-                outcome="refused",
-                errmsg=NOT_OWNER,
-                sent=False,
-            )
+            raise asyncio.CancelledError(NOT_OWNER)
         return await self.inner.execute(request)
 
     async def query_calls(self) -> CallsSnapshot | None:
@@ -134,12 +130,6 @@ class FencedAdapter:
         await self.inner.close()
 
 
-def _now() -> float:
-    import time
-
-    return time.time()
-
-
 class Cluster:
     """This instance's part in a cluster: lease keeper, units of the PBXs it owns, health."""
 
@@ -152,7 +142,7 @@ class Cluster:
         self.url = ""
         self._starting: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
-        self._closed = False
+        self._leaving = False
         from adapters.service.ha_stream import SharedHub
 
         self.hub = SharedHub(service.metrics, dsn, self.id)
@@ -185,8 +175,9 @@ class Cluster:
         log.info("cluster_joined", instance=self.id, url=self.url, holds=sorted(self.keeper.held))
 
     async def stop(self) -> None:
-        """Leave: stop every unit, give the leases back (another instance takes over at once)."""
-        self._closed = True
+        """Leave: stop every unit (in-flight requests finish, as on a single instance's shutdown),
+        then give the leases back (another instance takes over at once)."""
+        self._leaving = True
         for task in list(self._starting.values()):
             task.cancel()
         await asyncio.gather(*self._starting.values(), return_exceptions=True)
@@ -202,7 +193,7 @@ class Cluster:
 
     def may_act(self, pbx: str) -> bool:
         """True while this instance holds ``pbx``'s lease and it is valid by the local clock."""
-        return self.keeper is not None and self.keeper.valid(pbx) and not self._closed
+        return self.keeper is not None and self.keeper.valid(pbx)
 
     def fence_of(self, pbx: str, token: int) -> Any:
         from adapters.service.store import Fence
@@ -211,7 +202,9 @@ class Cluster:
 
     # -- grants and losses ---------------------------------------------------------
     def _granted(self, pbx: str, token: int, previous: LeaseRow | None) -> None:
-        if self._closed:
+        if self._leaving:
+            if self.keeper is not None:
+                self.keeper.forget(pbx, "this instance is stopping")
             return
         task = asyncio.get_running_loop().create_task(self._take(pbx, token, previous), name=f"take-{pbx}")
         self._starting[pbx] = task
