@@ -25,6 +25,7 @@ def _figures() -> dict[str, Runner]:
     # Imported here so that ``--help`` is instant and a broken module names itself.
     from bench.ingest import run_ingest, run_scaling
     from bench.latency import run_latency
+    from bench.latency_pg import run_latency_pg
     from bench.load import run_load
     from bench.memory import run_memory
     from bench.replay_speed import run_replay
@@ -34,6 +35,7 @@ def _figures() -> dict[str, Runner]:
     return {
         "ingest": run_ingest,
         "latency": run_latency,
+        "latency_pg": run_latency_pg,
         "memory": run_memory,
         "scaling": run_scaling,
         "replay": run_replay,
@@ -43,7 +45,7 @@ def _figures() -> dict[str, Runner]:
     }
 
 
-NAMES = ("ingest", "latency", "memory", "scaling", "replay", "load", "rules", "takeover")
+NAMES = ("ingest", "latency", "latency_pg", "memory", "scaling", "replay", "load", "rules", "takeover")
 
 
 def _load() -> str:

@@ -436,8 +436,17 @@ def tempdir() -> Iterator[Path]:
         yield Path(tmp)
 
 
-def service_config(base_url: str, client_id: str, client_secret: str, store: Path, **policy: Any) -> Any:
-    """A service config for a loopback PBX, API on a free loopback port, no API token."""
+def service_config(
+    base_url: str,
+    client_id: str,
+    client_secret: str,
+    store: Path,
+    *,
+    store_url: str | None = None,
+    **policy: Any,
+) -> Any:
+    """A service config for a loopback PBX, API on a free loopback port, no API token
+    (state in ``store``/xferd.sqlite3, or in PostgreSQL at ``store_url``)."""
     from pydantic import SecretStr
 
     from adapters.service.config import ApiConfig, Config, PolicyConfig, StoreConfig, YeastarPbx
@@ -448,6 +457,8 @@ def service_config(base_url: str, client_id: str, client_secret: str, store: Pat
             kind="yeastar", base_url=base_url, client_id=client_id, client_secret=SecretStr(client_secret)
         ),
         api=ApiConfig(listen="127.0.0.1:0"),
-        store=StoreConfig(path=store / "xferd.sqlite3"),
+        store=StoreConfig(url=SecretStr(store_url))
+        if store_url is not None
+        else StoreConfig(path=store / "xferd.sqlite3"),
         policy=PolicyConfig(**policy),
     )

@@ -134,8 +134,11 @@ def _latencies(stats: dict[str, Any]) -> list[float]:
     return out
 
 
-async def _round(path: str, sizes: Sizes, store: Path) -> tuple[list[float], dict[str, Any]]:
-    """One path against a fresh simulator; returns latencies (s) and the simulator's stats."""
+async def _round(
+    path: str, sizes: Sizes, store: Path, store_url: str | None = None
+) -> tuple[list[float], dict[str, Any]]:
+    """One path against a fresh simulator; returns latencies (s) and the simulator's stats.
+    ``store_url``: xferd keeps its state in that PostgreSQL database instead of SQLite."""
     transfers = sizes.latency_transfers
     sim = await Child.start("bench.simproc")
     try:
@@ -149,8 +152,9 @@ async def _round(path: str, sizes: Sizes, store: Path) -> tuple[list[float], dic
         post_for = 60 + transfers / sizes.latency_rate
         if path == "xferd":
             config = service_config(
-                info["base_url"], info["client_id"], info["client_secret"], store, no_answer_timeout_s=60
-            )
+                info["base_url"], info["client_id"], info["client_secret"], store,
+                store_url=store_url, no_answer_timeout_s=60,
+            )  # fmt: skip
             service = Service(config)
             await service.start()
             try:

@@ -42,6 +42,17 @@ def pg_unavailable(reason: str) -> None:
     pytest.skip(message)
 
 
+def pg_reachable() -> str | None:
+    """None if the test server answers, else why not (for tests that run with or without it)."""
+    try:
+        import psycopg
+
+        with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3):
+            return None
+    except Exception as exc:  # ImportError or any psycopg error: either way, no PostgreSQL
+        return " ".join(str(exc).split()) or type(exc).__name__
+
+
 @pytest.fixture(scope="session")
 def pg_database() -> Iterator[str]:
     """URL of a database of this test session's own, dropped at the end."""

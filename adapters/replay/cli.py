@@ -30,7 +30,7 @@ from engine.model import CallsSnapshot, Event
 if TYPE_CHECKING:  # the service's modules are imported only by ``record``: replay stays light
     from adapters.base import CredentialStore
     from adapters.replay.recorder import Recorder
-    from adapters.service.config import PbxTable
+    from adapters.service.config import PbxTable, StoreConfig
 
 
 def add_commands(subparsers: argparse._SubParsersAction[Any]) -> None:
@@ -159,7 +159,7 @@ def record_command(args: argparse.Namespace) -> int:
         return _fail(f"cannot write {out}: {exc.strerror or exc}")
     sys.stderr.write(f"xferd: recording {pbx.base_url} to {out}; Ctrl-C to stop\n")
     try:
-        asyncio.run(_record_until_signalled(pbx, recorder, config.store.path))
+        asyncio.run(_record_until_signalled(pbx, recorder, config.store))
     except FatalPbxError as exc:
         return _fail(f"PBX: {exc}", 1)
     except StoreError as exc:
@@ -170,19 +170,24 @@ def record_command(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _record_until_signalled(pbx: PbxTable, recorder: Recorder, store_path: Path) -> None:
+async def _record_until_signalled(pbx: PbxTable, recorder: Recorder, store_config: StoreConfig) -> None:
     from adapters.service.server import CREDENTIAL_KIND
-    from adapters.service.store import SqliteStore, StoredCredentials
+    from adapters.service.store import StoredCredentials, close_store, open_store
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    store = SqliteStore(store_path)  # a Webex integration's refresh token lives there
+    if pbx.kind != "webex":
+        # Yeastar: a token of its own (revoked at the end), not the service's stored pair —
+        # refreshing that would revoke the access token of a service running beside.
+        await record(pbx, recorder, stop, None)
+        return
+    store = open_store(store_config.url_value, store_config.path)  # the integration's refresh token
     try:
         await record(pbx, recorder, stop, StoredCredentials(store, pbx.name, CREDENTIAL_KIND[pbx.kind]))
     finally:
-        store.close()
+        await close_store(store)
 
 
 async def record(

@@ -278,9 +278,9 @@ class StoreConfig(_Table):
     Used unless `url` is set."""
     url: SecretStr | None = None
     """A PostgreSQL database instead of the SQLite file, as a libpq URL:
-    `postgresql://user:password@host:5432/dbname` (also env `XFERD_STORE_URL`). Needed to run
-    several instances; the service creates its tables at start. Treated as a secret (it may hold a
-    password): messages show it with the password replaced by `***`."""
+    `postgresql://user:password@host:5432/dbname`. Needed to run several instances; the service
+    creates its tables at start. Treated as a secret (it may hold a password): messages show it
+    with the password replaced by `***`."""
 
     @field_validator("url")
     @classmethod
@@ -487,6 +487,8 @@ def _merge_env(data: dict[str, Any], environ: Mapping[str, str]) -> None:
                 entries[0][key] = value
         elif isinstance(data.get(table, {}), dict):
             data.setdefault(table, {})[key] = value
+            if (table, key) == ("store", "url"):
+                data["store"].pop("path", None)  # the environment's database replaces the file's SQLite
     for entry in entries:
         if not isinstance(entry, dict):
             continue

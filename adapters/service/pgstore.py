@@ -14,9 +14,11 @@ past its lease and woke up).  The PBX cannot tell them apart, so the store
 does: :meth:`PgStore.commit` with a :class:`~adapters.service.store.Fence`
 checks, in the same transaction as the writes, that the fence is still the
 lease's current grant (``SELECT 1 FROM xferd_leases WHERE pbx=… AND owner=…
-AND token=… AND expires_at > now() FOR SHARE``).  No row: the transaction is
-rolled back and :class:`~adapters.service.store.StaleFence` raised, so the
-decision is not written and its requests are never sent.  ``FOR SHARE`` makes
+AND token=… AND expires_at > now() FOR SHARE``).  No row: nothing is written
+and :class:`~adapters.service.store.StaleFence` is raised, so the decision's
+requests are never sent.  The check and the writes are one statement (the
+check a ``FOR SHARE`` CTE the ``INSERT … SELECT`` depends on): one round trip
+per group commit, and a statement is its own transaction.  ``FOR SHARE`` makes
 a concurrent grant (an ``UPDATE`` of that lease row) wait for the commit, so a
 write cannot slip in after the lease moved on; ``now()`` is the database's
 clock, never an instance's.
@@ -28,15 +30,24 @@ clock, never an instance's.
   fenced :meth:`commit`, audit and credentials;
 * one synchronous connection for the write-ahead :meth:`save` /
   :meth:`commit_now`, which callers that cannot ``await`` still use: it blocks
-  the loop for one transaction on the database (like SQLite's fsync does),
-  which is exactly the write-ahead contract — the request waits for the row.
+  the loop for one round trip and commit (as SQLite's fsync does), which is
+  exactly the write-ahead contract — the request waits for the row.
 
 Every statement runs in autocommit mode unless it is part of an explicit
 transaction (a read is one round trip).  A connection the server dropped
 (PostgreSQL restarted) is replaced — with the pool's other idle connections,
 which the restart dropped too — and the operation tried once more; every
-write is idempotent (an upsert of the same rows) except the audit append,
-whose retry happens only after a failure *before* its commit was answered.
+write is idempotent (an upsert of the same rows) except the audit append: a
+connection lost between its commit and the answer lists those entries twice.
+
+**Bounded waits.**  A decision must not wait for ever on a database that went
+silent: every connection sets ``statement_timeout`` (5 s: a lock held by a
+stuck lease writer), the async path stops waiting for an answer 2 s later (a
+silent network), and libpq's TCP keepalives and ``tcp_user_timeout`` notice
+a dead peer within seconds (the URL may choose its own values).  The
+synchronous path has no client-side timeout of its own beyond those; after a
+failed reconnect it fails at once for :data:`RECONNECT_PAUSE_S` rather than
+block the loop on a connection attempt per decision.
 
 **Migrations.**  Numbered, in :data:`MIGRATIONS`; the ones not yet in
 ``xferd_schema`` are applied at start in one transaction that first takes a
@@ -65,6 +76,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb, set_json_dumps
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -129,6 +142,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 
+#: The tables the migrations create (names the docs may mention besides metrics).
+TABLES = (
+    "xferd_schema", "xferd_transfers", "xferd_idempotency_keys", "xferd_audit", "xferd_credentials",
+    "xferd_instances", "xferd_leases",
+)  # fmt: skip
+
 _SCHEMA_TABLE = (
     "CREATE TABLE IF NOT EXISTS xferd_schema ("
     " version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
@@ -138,15 +157,47 @@ _FENCE = (
     "SELECT 1 FROM xferd_leases WHERE pbx = %s AND owner = %s AND token = %s AND expires_at > now() FOR SHARE"
 )
 
-_UPSERT = (
-    "INSERT INTO xferd_transfers (id, pbx, state, final, resource, export, created_at, updated_at)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+_COLUMNS = "id, pbx, state, final, resource, export, created_at, updated_at"
+_ROW = "(%s, %s, %s, %s::boolean, %s::jsonb, %s::jsonb, %s, %s)"
+_ON_CONFLICT = (
     " ON CONFLICT (id) DO UPDATE SET pbx = excluded.pbx, state = excluded.state, final = excluded.final,"
     " resource = excluded.resource, export = excluded.export, updated_at = excluded.updated_at"
 )
 
+
+def _upsert(count: int, fenced: bool) -> str:
+    """One statement writing ``count`` rows (one round trip, atomic in autocommit).
+
+    Fenced, the lease check is a ``FOR SHARE`` CTE of the same statement — the
+    same transaction — and the rows are inserted only if it found the lease;
+    ``RETURNING`` then tells a refusal (no row) from a write."""
+    values = ", ".join([_ROW] * count)
+    if not fenced:
+        return f"INSERT INTO xferd_transfers ({_COLUMNS}) VALUES {values}{_ON_CONFLICT}"
+    return (
+        f"WITH fence AS ({_FENCE}) INSERT INTO xferd_transfers ({_COLUMNS})"
+        f" SELECT * FROM (VALUES {values}) AS v ({_COLUMNS}) WHERE EXISTS (SELECT 1 FROM fence)"
+        f"{_ON_CONFLICT} RETURNING 1"
+    )
+
+
 #: Seconds to wait for a connection (to connect, or for a free one in the pool).
 CONNECT_TIMEOUT_S = 5.0
+#: Seconds a statement may take on the server (``statement_timeout``); the client gives up
+#: on an answer a little later (a silent network).  A decision waits at most this long.
+STATEMENT_TIMEOUT_S = 5.0
+#: After a failed reconnect of the synchronous connection, writes fail at once for this long
+#: instead of blocking the event loop on another connection attempt.
+RECONNECT_PAUSE_S = 1.0
+#: libpq settings for every connection unless the URL sets them: notice a dead server or a
+#: silent network within seconds, not after the kernel's two hours (library notes).
+_LIBPQ_DEFAULTS: dict[str, Any] = {
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 10_000,
+}
 #: Connections in the asyncio pool: reads and commits of every PBX of this instance.
 POOL_SIZE = 4
 
@@ -203,13 +254,22 @@ class PgStore:
     """
 
     def __init__(
-        self, url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S, pool_size: int = POOL_SIZE
+        self,
+        url: str,
+        *,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        statement_timeout_s: float = STATEMENT_TIMEOUT_S,
+        pool_size: int = POOL_SIZE,
     ) -> None:
         self.url = url
         #: The URL without its password: how messages name this store.
         self.where = redact_url(url)
         self._connect_timeout_s = connect_timeout_s
+        self._statement_timeout_s = statement_timeout_s
         self._pool_size = pool_size
+        self._settings = _settings(url, connect_timeout_s)
+        self._reconnect_after = 0.0
+        self._reconnect_error: StoreError | None = None
         self._pool: AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._pool_loop: asyncio.AbstractEventLoop | None = None
         self._closing: list[asyncio.Task[None]] = []
@@ -221,19 +281,34 @@ class PgStore:
             self._sync.close()
             raise self._error("cannot migrate the schema", exc) from None
 
+    @property
+    def connect_settings(self) -> dict[str, Any]:
+        """``psycopg.connect(store.url, **store.connect_settings)``: the parameters of this
+        store's connections (autocommit, timeouts, keepalives), for a module that needs a
+        connection of its own — the HA lease holder keeps its locks on one (library notes)."""
+        return dict(self._settings)
+
     # -- start-up ------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         try:
-            return psycopg.connect(
-                self.url, autocommit=True, connect_timeout=max(1, round(self._connect_timeout_s))
-            )
+            conn = psycopg.connect(self.url, **self._settings)
+            conn.execute(self._set_timeout())
+            return conn
         except psycopg.Error as exc:
             raise self._error("cannot connect", exc) from None
+
+    def _set_timeout(self) -> sql.Composed:
+        return sql.SQL("SET statement_timeout = {}").format(round(self._statement_timeout_s * 1000))
+
+    async def _configure(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """A new pooled connection: the statement timeout (the pool then keeps it idle)."""
+        await conn.execute(self._set_timeout())
 
     @staticmethod
     def _migrate(conn: psycopg.Connection[Any]) -> None:
         """Apply the migrations this database lacks, one instance at a time."""
         with conn.transaction():
+            conn.execute("SET LOCAL statement_timeout = 0")  # another instance may be migrating
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute(_SCHEMA_TABLE)
             row = conn.execute("SELECT coalesce(max(version), 0) FROM xferd_schema").fetchone()
@@ -264,15 +339,12 @@ class PgStore:
         """:meth:`commit` from code that cannot ``await`` (the synchronous connection)."""
         if not rows:
             return
-        params = _rows(rows)
+        sql, params = _statement(rows, fence)
 
         def write(conn: psycopg.Connection[Any]) -> None:
-            with conn.transaction(), conn.cursor() as cur:
-                if fence is not None:
-                    cur.execute(_FENCE, (fence.pbx, fence.owner, fence.token))
-                    if cur.fetchone() is None:
-                        raise _stale(fence)
-                cur.executemany(_UPSERT, params)
+            cur = conn.execute(sql, params)
+            if fence is not None and cur.rowcount == 0:
+                raise _stale(fence)
 
         self._sync_run("cannot write", write)
 
@@ -281,15 +353,12 @@ class PgStore:
         :class:`StaleFence` (nothing written) unless it is the PBX's current lease."""
         if not rows:
             return
-        params = _rows(rows)
+        sql, params = _statement(rows, fence)
 
         async def write(conn: psycopg.AsyncConnection[Any]) -> None:
-            async with conn.transaction(), conn.cursor() as cur:
-                if fence is not None:
-                    await cur.execute(_FENCE, (fence.pbx, fence.owner, fence.token))
-                    if await cur.fetchone() is None:
-                        raise _stale(fence)
-                await cur.executemany(_UPSERT, params)
+            cur = await conn.execute(sql, params)
+            if fence is not None and cur.rowcount == 0:
+                raise _stale(fence)
 
         await self._run("cannot write", write)
 
@@ -418,7 +487,8 @@ class PgStore:
             if conn is None or conn.closed or conn.broken:
                 if conn is not None:
                     conn.close()
-                self._sync = conn = self._connect()
+                    self._sync = None
+                conn = self._reconnect()
             try:
                 result = action(conn)
                 if isinstance(result, psycopg.Cursor):
@@ -434,6 +504,20 @@ class PgStore:
                 raise self._error(what, exc) from None
         raise AssertionError("unreachable")
 
+    def _reconnect(self) -> psycopg.Connection[Any]:
+        """A new synchronous connection, or the last failure again if it is recent (the
+        event loop must not wait for a connection attempt at every decision while the
+        database is away)."""
+        if self._reconnect_error is not None and time.monotonic() < self._reconnect_after:
+            raise self._reconnect_error
+        try:
+            self._sync = self._connect()
+        except StoreError as exc:
+            self._reconnect_error, self._reconnect_after = exc, time.monotonic() + RECONNECT_PAUSE_S
+            raise
+        self._reconnect_error = None
+        return self._sync
+
     async def _pool_for_loop(self) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
         """The asyncio pool of the running loop (created on first use; a new loop gets a new pool)."""
         loop = asyncio.get_running_loop()
@@ -442,7 +526,8 @@ class PgStore:
                 self.url,
                 min_size=1,
                 max_size=self._pool_size,
-                kwargs={"autocommit": True, "connect_timeout": max(1, round(self._connect_timeout_s))},
+                kwargs=self._settings,
+                configure=self._configure,
                 timeout=self._connect_timeout_s,
                 open=False,
                 name="xferd-store",
@@ -454,15 +539,22 @@ class PgStore:
     async def _run(self, what: str, action: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Run ``action`` on a pooled connection; once more on another if the server dropped it."""
         pool = await self._pool_for_loop()
+        # The server stops a statement after statement_timeout; this bounds a silent network.
+        answer_within = self._statement_timeout_s + 2
         for attempt in (1, 2):
             try:
                 async with pool.connection() as conn:
                     try:
-                        return await action(conn)
+                        async with asyncio.timeout(answer_within):
+                            return await action(conn)
                     except psycopg.OperationalError:
                         if attempt == 1 and (conn.closed or conn.broken):
                             raise _Retry() from None
                         raise
+            except TimeoutError:
+                raise StoreError(
+                    f"store {self.where}: {what}: no answer from PostgreSQL within {answer_within:g} s"
+                ) from None
             except _Retry:
                 # Its idle siblings were most likely dropped too (a server restart drops all):
                 # test them all now rather than fail once per connection.
@@ -500,6 +592,19 @@ class _Retry(Exception):
     """Internal: the pooled connection was dropped; take another."""
 
 
+def _settings(url: str, connect_timeout_s: float) -> dict[str, Any]:
+    """Connection parameters: autocommit, the connect timeout, and :data:`_LIBPQ_DEFAULTS`
+    where the URL does not choose."""
+    try:
+        given = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        given = {}  # psycopg.connect reports the bad URL (without the password)
+    defaults = {"connect_timeout": max(1, round(connect_timeout_s)), **_LIBPQ_DEFAULTS}
+    settings: dict[str, Any] = {"autocommit": True}
+    settings.update({key: value for key, value in defaults.items() if key not in given})
+    return settings
+
+
 def _stale(fence: Fence) -> StaleFence:
     return StaleFence(
         f"write refused: instance {fence.owner!r} no longer holds the lease of PBX {fence.pbx!r} "
@@ -507,15 +612,17 @@ def _stale(fence: Fence) -> StaleFence:
     )
 
 
-def _rows(rows: Sequence[Saved]) -> list[tuple[Any, ...]]:
-    """Parameters of the upsert, one row per transfer (the last of several saves of one transfer
-    in a batch wins: one statement may not update a row twice)."""
+def _statement(rows: Sequence[Saved], fence: Fence | None) -> tuple[str, tuple[Any, ...]]:
+    """The upsert of ``rows`` (fenced or not) and its parameters.  One row per transfer:
+    the last of several saves of one transfer in a batch wins (one statement may not
+    update a row twice)."""
     last: dict[str, Saved] = {}
     for saved in rows:
         last.pop(saved.transfer_id, None)
         last[saved.transfer_id] = saved
-    return [
-        (
+    params: list[Any] = [] if fence is None else [fence.pbx, fence.owner, fence.token]
+    for saved in last.values():
+        params += (
             saved.transfer_id,
             saved.pbx,
             str(saved.resource["state"]),
@@ -525,8 +632,7 @@ def _rows(rows: Sequence[Saved]) -> list[tuple[Any, ...]]:
             str(saved.resource["created_at"]),
             str(saved.resource["updated_at"]),
         )
-        for saved in last.values()
-    ]
+    return _upsert(len(last), fence is not None), tuple(params)
 
 
 def _where(**filters: str | None) -> tuple[str, tuple[str, ...]]:

@@ -41,7 +41,7 @@ def build_adapter(
     """The platform adapter a ``[pbx]`` table names (imported lazily: each pulls its own deps).
 
     ``credentials``: where this PBX connection keeps credentials that change
-    while it runs (a Webex integration's refresh token).
+    while it runs (a Webex integration's refresh token, Yeastar's token pair).
     """
     if pbx.kind == "yeastar":
         from adapters.yeastar.adapter import YeastarAdapter
@@ -55,6 +55,7 @@ def build_adapter(
             topics=pbx.topics,
             observer=observer,
             request_timeout_s=REQUEST_TIMEOUT_S,
+            credentials=credentials,
         )
     from adapters.webex.adapter import WebexAdapter
     from adapters.webex.events import WEBHOOK_PATH

@@ -22,6 +22,7 @@ from adapters.base import (
     ActionResult,
     CallAction,
     Clock,
+    CredentialStore,
     EventSink,
     FatalPbxError,
     Observer,
@@ -79,7 +80,11 @@ class YeastarAdapter:
         heartbeat_s: float = 25.0,
         request_timeout_s: float = 5.0,
         user_agent: str = "xferd/0.1",
+        credentials: CredentialStore | None = None,
     ) -> None:
+        """``credentials``: where the OpenAPI token pair is kept, so a restarted
+        service (or the instance taking this PBX over) refreshes it instead of
+        logging in again (Yeastar allows 8 live tokens)."""
         self._ssl = tls_context(verify_tls, ca_file) if urlsplit(base_url).scheme == "https" else None
         self._observer = observer or Observer()
         self._clock = clock
@@ -95,6 +100,7 @@ class YeastarAdapter:
             timeout_s=request_timeout_s,
             user_agent=user_agent,
             observer=self._observer,
+            credentials=credentials,
         )
         self._consumer: EventConsumer | None = None
 

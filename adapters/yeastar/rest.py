@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import structlog
 
-from adapters.base import Clock, Observer
+from adapters.base import Clock, CredentialStore, Observer
 from adapters.yeastar.frames import (
     OutcomeUnknown,
     PbxUnreachable,
@@ -97,10 +97,12 @@ class YeastarRest:
         clock: Clock = time.monotonic,
         transport: httpx.AsyncBaseTransport | None = None,
         busy_retry_delays: tuple[float, ...] = (1.0, 2.0, 4.0),
+        credentials: CredentialStore | None = None,
     ) -> None:
         """``ssl_context`` defaults to :func:`tls_context` (verification on).
         ``transport`` replaces the network (tests); TLS and connection limits
-        are then the transport's business."""
+        are then the transport's business.  ``credentials``: where the token
+        pair is kept across restarts (see :mod:`.tokens`)."""
         install_log_redaction()
         self.base_url = base_url.rstrip("/")
         if transport is None:
@@ -119,7 +121,12 @@ class YeastarRest:
         )
         self._observer = observer or Observer()
         self.tokens = TokenManager(
-            self.send, client_id, client_secret, clock=clock, busy_retry_delays=busy_retry_delays
+            self.send,
+            client_id,
+            client_secret,
+            clock=clock,
+            busy_retry_delays=busy_retry_delays,
+            store=credentials,
         )
 
     async def send(

@@ -302,6 +302,13 @@ class PbxSimulator:
         """Websockets connected and subscribed to at least one topic."""
         return sum(1 for sock in self._sockets if sock.topics and sock.close_with is None)
 
+    @property
+    def live_tokens(self) -> int:
+        """Access tokens alive now (revoked and expired ones do not count): at
+        :data:`MAX_ACCESS_TOKENS` a login is refused with 60002."""
+        now = self._now()
+        return sum(1 for expiry in self._access.values() if expiry > now)
+
     async def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Wait until ``predicate()`` holds; TimeoutError after ``timeout`` s.
 

@@ -16,6 +16,16 @@ failed logins (70004).  So this module is deliberately stingy:
   fix them and retrying credentials is what gets an IP blocked;
 * 60002 (too many tokens) is waited out with a short, bounded backoff.
 
+The token pair outlives the process: with a credential store (the service's
+``[store]``, credentials kind :data:`CREDENTIAL_KIND`) every pair the PBX
+hands out is saved at once, and a process that starts — after a restart, a
+``kill -9``, or on another instance taking the PBX over — *refreshes the
+stored pair* instead of logging in, then revokes the stored access token.
+A pair it cannot use (refresh refused, another API application's) is
+revoked before the one login.  So a crash loop costs no new token per start:
+at most one live token, plus one if a process died between the PBX's answer
+and the save.  Without a store (tests, tools) the behaviour is as before.
+
 Tokens travel only in the query string (the PBX ignores ``Authorization``);
 they and the client secret never appear in logs or messages.
 """
@@ -31,7 +41,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from adapters.base import Clock, FatalPbxError
+from adapters.base import Clock, CredentialStore, FatalPbxError
 from adapters.yeastar.frames import (
     ACCOUNT_IP_BLOCKED,
     FAILURE,
@@ -47,6 +57,8 @@ log = structlog.get_logger(__name__)
 
 #: Refresh once this fraction of the access token's lifetime has passed.
 REFRESH_FRACTION = 0.8
+#: The credential kind the token pair is kept under in the store.
+CREDENTIAL_KIND = "yeastar_tokens"
 
 _SECRET_PARAM = re.compile(r"((?:access|refresh)_token=)[^&\s\"'#]+")
 _SECRET_KEYS = frozenset({"password", "access_token", "refresh_token"})
@@ -131,11 +143,20 @@ class TokenManager:
         *,
         clock: Clock = time.monotonic,
         busy_retry_delays: Sequence[float] = (1.0, 2.0, 4.0),
+        store: CredentialStore | None = None,
+        wall_clock: Clock = time.time,
     ) -> None:
+        """``store``: where the token pair is kept across restarts and instances
+        (expiry times there are ``wall_clock`` times; ``clock`` measures lifetimes
+        in this process)."""
         self._send = send
         self._client_id = client_id
         self._client_secret = client_secret
         self._clock = clock
+        self._wall = wall_clock
+        self._credentials = store
+        #: Whether the stored pair was dealt with (adopted, or found unusable and revoked).
+        self._stored_checked = store is None
         self._busy_retry_delays = tuple(busy_retry_delays)
         self._lock = asyncio.Lock()
         self._fatal: FatalPbxError | None = None
@@ -182,6 +203,10 @@ class TokenManager:
             await self._revoke()
 
     async def _renew(self, *, force: bool) -> str:
+        if not self._stored_checked:
+            adopted = await self._adopt_stored()
+            if adopted is not None:
+                return adopted
         now = self._clock()
         if self._refresh is not None and now < self._refresh_expires_at:
             try:
@@ -195,7 +220,8 @@ class TokenManager:
             err = answer_error(answer)
             if err is None:
                 stale, live = self._access, now < self._expires_at
-                access = self._store(answer, now)
+                access = self._keep(answer, now)
+                await self._save()
                 if stale is not None and live:
                     await self._del_token(stale)  # one live token, even if the PBX keeps the old one
                 return access
@@ -211,7 +237,9 @@ class TokenManager:
             answer = await self._send("POST", "get_token", body=body)
             err = answer_error(answer)
             if err is None:
-                return self._store(answer, now)
+                access = self._keep(answer, now)
+                await self._save()
+                return access
             fatal = _fatal(err)
             if fatal is not None:
                 self._fatal = fatal
@@ -223,7 +251,7 @@ class TokenManager:
             log.warning("yeastar.token_limit", errcode=err.errcode, retry_in_s=delay)
             await asyncio.sleep(delay)
 
-    def _store(self, answer: dict[str, Any], sent_at: float) -> str:
+    def _keep(self, answer: dict[str, Any], sent_at: float) -> str:
         """Keep a token answer; lifetimes count from when we *asked*, to err early."""
         access, refresh = answer.get("access_token"), answer.get("refresh_token")
         if not isinstance(access, str) or not access:
@@ -235,6 +263,64 @@ class TokenManager:
         self._refresh_at = sent_at + ttl * REFRESH_FRACTION
         self._refresh_expires_at = sent_at + _seconds(answer.get("refresh_token_expire_time"), 86400.0)
         return access
+
+    # -- the stored pair ----------------------------------------------------------------
+    async def _adopt_stored(self) -> str | None:
+        """Refresh the pair a previous process (or instance) stored: the new access token,
+        or None when there is none to use (then any still-live stored token was revoked).
+
+        A PBX that cannot be reached leaves the stored pair for the next attempt."""
+        stored = await self._load()
+        if not stored:
+            self._stored_checked = True
+            return None
+        wall, now = self._wall(), self._clock()
+        access, refresh = stored.get("access_token"), stored.get("refresh_token")
+        live = isinstance(access, str) and _seconds(stored.get("access_expires_at"), 0.0) > wall
+        ours = stored.get("client_id") == self._client_id
+        if ours and isinstance(refresh, str) and _seconds(stored.get("refresh_expires_at"), 0.0) > wall:
+            answer = await self._send("POST", "refresh_token", body={"refresh_token": refresh})
+            err = answer_error(answer)
+            if err is None:
+                self._stored_checked = True
+                token = self._keep(answer, now)
+                await self._save()  # before revoking: a crash here leaves the new pair known
+                if live:
+                    await self._del_token(str(access))
+                log.info("yeastar.stored_tokens_refreshed")
+                return token
+            log.warning("yeastar.stored_refresh_refused", errcode=err.errcode, errmsg=err.errmsg)
+        elif not ours:
+            log.warning("yeastar.stored_tokens_of_another_application")
+        self._stored_checked = True
+        if live:
+            await self._del_token(str(access))  # a pair we cannot use must not hold one of the 8 slots
+        return None
+
+    async def _load(self) -> dict[str, Any] | None:
+        assert self._credentials is not None
+        try:
+            return await self._credentials.load()
+        except Exception as exc:  # the store's trouble must not stop the PBX connection
+            log.warning("yeastar.stored_tokens_unreadable", error=type(exc).__name__)
+            return None
+
+    async def _save(self) -> None:
+        """Keep the current pair in the store (best effort: a failed write is logged)."""
+        if self._credentials is None or self._access is None:
+            return
+        now, wall = self._clock(), self._wall()
+        value = {
+            "client_id": self._client_id,
+            "access_token": self._access,
+            "refresh_token": self._refresh,
+            "access_expires_at": wall + (self._expires_at - now),
+            "refresh_expires_at": wall + (self._refresh_expires_at - now),
+        }
+        try:
+            await self._credentials.save(value)
+        except Exception as exc:  # the token works; only a restart will log in again
+            log.warning("yeastar.tokens_not_stored", error=type(exc).__name__)
 
     async def _revoke(self) -> None:
         """Forget the current token, revoking it if it may still be live; best effort."""

@@ -241,3 +241,39 @@ def test_webex_authentication_mistakes_name_the_key(
     tmp_path: Path, text: str, env: dict[str, str], problem: str
 ) -> None:
     assert error_of(tmp_path, text, env) == problem
+
+
+# -- [store] url: PostgreSQL ---------------------------------------------------------------------
+
+PG = "postgresql://xferd:pg-pass-123@db.example:5432/xferd"
+
+
+def test_store_url_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    text = YEASTAR.replace('path = "state.sqlite3"', f'url = "{PG}"')
+    config = load(write(tmp_path, text), {})
+    assert config.store.url_value == PG
+    assert "pg-pass-123" not in repr(config)  # a secret: the URL may hold the password
+    # the environment wins, and replaces a SQLite path the file names
+    config = load(write(tmp_path, YEASTAR), {"XFERD_STORE_URL": PG})
+    assert config.store.url_value == PG
+    assert load(write(tmp_path, YEASTAR), {}).store.url_value is None  # SQLite by default
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("mysql://u:p@h/db", "[store].url: a postgresql:// URL"),
+        ("postgres://", "[store].url: a postgresql:// URL"),
+        ("db.example:5432", "[store].url: a postgresql:// URL"),
+    ],
+)
+def test_a_bad_store_url_names_the_key_not_the_value(tmp_path: Path, url: str, expected: str) -> None:
+    message = error_of(tmp_path, YEASTAR.replace('path = "state.sqlite3"', f'url = "{url}"'))
+    assert message.startswith(expected)
+    assert url not in message
+
+
+def test_store_path_and_url_together_is_a_mistake(tmp_path: Path) -> None:
+    message = error_of(tmp_path, YEASTAR.replace('path = "state.sqlite3"', f'path = "x.db"\nurl = "{PG}"'))
+    assert message == "[store].url: give either path (SQLite) or url (PostgreSQL), not both"
+    assert "pg-pass-123" not in message

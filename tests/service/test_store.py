@@ -416,3 +416,67 @@ def test_a_postgresql_save_survives_kill_9(pg_url: str) -> None:
             await store.aclose()
 
     assert asyncio.run(load()) == [{"n": 1}]
+
+
+async def test_a_write_waiting_on_a_lock_gives_up_after_the_statement_timeout(pg_url: str) -> None:
+    """A decision never waits without bound: the lease row held by another transaction
+    (a stuck lease writer) makes the fenced write fail after ``statement_timeout``."""
+    import psycopg
+
+    from adapters.service.pgstore import PgStore
+
+    store = PgStore(pg_url, statement_timeout_s=0.3)
+    _grant(pg_url, "acme", "i1", 1, 30)
+    row = [Saved("a", resource("a", "consulting", "x"), {"n": 1}, False, "acme")]
+    try:
+        with psycopg.connect(pg_url) as holder:
+            holder.execute("SELECT 1 FROM xferd_leases WHERE pbx = 'acme' FOR UPDATE")  # open transaction
+            with pytest.raises(
+                StoreError, match="cannot write: canceling statement due to statement timeout"
+            ):
+                await store.commit(row, Fence("acme", "i1", 1))
+            with pytest.raises(StoreError, match="statement timeout"):
+                store.commit_now(row, Fence("acme", "i1", 1))
+            holder.rollback()
+        await store.commit(row, Fence("acme", "i1", 1))  # the lock is gone: it goes through
+        assert await store.load_active("acme") == [{"n": 1}]
+    finally:
+        await store.aclose()
+
+
+async def test_while_the_database_is_away_a_save_fails_fast(pg: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The synchronous save runs on the event loop: after one failed reconnect, the next
+    saves fail at once for a moment instead of each waiting for a connection attempt."""
+    attempts: list[float] = []
+
+    def unreachable() -> None:
+        attempts.append(1)
+        raise StoreError("store x: cannot connect: refused")
+
+    pg.save("a", resource("a", "consulting", "x"), {"n": 1}, False)
+    pg._sync.close()  # as if the server went away
+    monkeypatch.setattr(pg, "_connect", unreachable)
+    for _ in range(3):
+        with pytest.raises(StoreError, match="cannot connect: refused"):
+            pg.save("a", resource("a", "consulting", "x"), {"n": 2}, False)
+    assert len(attempts) == 1
+    monkeypatch.undo()
+    pg._reconnect_after = 0.0  # the pause is over
+    pg.save("a", resource("a", "consulting", "x"), {"n": 3}, False)
+    assert await pg.load_active() == [{"n": 3}]
+
+
+def test_connect_settings_keep_what_the_url_chose(pg_url: str) -> None:
+    from adapters.service.pgstore import PgStore
+
+    store = PgStore(f"{pg_url}?keepalives_idle=30")
+    try:
+        settings = store.connect_settings
+        assert settings["autocommit"] is True and settings["tcp_user_timeout"] == 10_000
+        assert "keepalives_idle" not in settings  # the URL's 30 stands
+        import psycopg
+
+        with psycopg.connect(store.url, **settings) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+    finally:
+        store.close()

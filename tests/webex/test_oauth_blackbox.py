@@ -225,3 +225,44 @@ async def test_an_integration_without_any_refresh_token_says_to_authorize(
         "xferd: PBX: no Webex refresh token: set pbx.refresh_token, or run "
         "`xferd webex authorize --config PATH` once to store one"
     )
+
+
+async def test_the_integrations_tokens_live_in_postgresql_too(
+    sim: WebexSimulator, tmp_path: Path, pg_url: str
+) -> None:
+    """``[store] url``: the latest refresh token goes to PostgreSQL (``xferd run`` and
+    ``xferd webex authorize`` alike), and a restart starts from it."""
+    from adapters.service.pgstore import PgStore
+
+    config = integration_config(tmp_path, sim)
+    config.write_text(
+        config.read_text().replace(f'path = "{tmp_path / "xferd.sqlite3"}"', f'url = "{pg_url}"')
+    )
+
+    async def stored() -> str | None:
+        store = PgStore(pg_url)
+        try:
+            value = await store.credentials_get("default", CREDENTIAL_KIND)
+        finally:
+            await store.aclose()
+        return None if value is None else str(value["refresh_token"])
+
+    configured = sim.issue_refresh_token()
+    service = await WebexXferd(config, sim, refresh_token=configured).start()
+    try:
+        assert await service.terminate() == 0
+    finally:
+        await service.close()
+    latest = await stored()
+    assert latest is not None and latest != configured and latest in sim.issued_tokens()
+    assert not (tmp_path / "xferd.sqlite3").exists()
+    again = await WebexXferd(config, sim, refresh_token=configured).start()  # works only from the stored one
+    try:
+        assert (await again.get("/healthz")).json()["pbx"] == "connected"
+        assert await again.terminate() == 0
+    finally:
+        await again.close()
+    before = await stored()
+    await authorize_again(config, sim)
+    after = await stored()
+    assert after is not None and after != before and after in sim.issued_tokens()
