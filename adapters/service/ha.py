@@ -228,6 +228,13 @@ class Cluster:
             fence=lambda: fence,
             on_stale=lambda: keeper.forget(pbx, "a fenced write was refused"),
         )
+        if self.service.rules is not None:  # routing rules: as Service gives them at start (same ids)
+            from engine.rules import RuleEngine
+
+            several = len(self.config.pbx) > 1
+            unit.runtime.engine.rules = RuleEngine(
+                self.service.rules.ruleset, id_prefix=f"{pbx}." if several else ""
+            )
         try:
             await unit.runtime.start()
         except asyncio.CancelledError:

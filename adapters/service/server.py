@@ -198,8 +198,9 @@ class Service:
             )
             adapter = adapter or build_adapter(pbx, Tee(self.observer, self.recorder), credentials)
             runtime = RecordingRuntime(
-                engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub, recorder=self.recorder
-            )
+                engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub, recorder=self.recorder,
+                **runtime_options,
+            )  # fmt: skip
         else:
             adapter = adapter or build_adapter(pbx, self.observer, credentials)
             runtime = Runtime(
