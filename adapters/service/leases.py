@@ -224,8 +224,15 @@ class LeaseKeeper:
 
     # -- life -------------------------------------------------------------------
     async def start(self) -> None:
-        """Create the tables, run a first round (a lone instance owns everything at once), keep going."""
-        await self._round()
+        """Create the tables, run a first round (a lone instance owns everything at once), keep going.
+
+        A first round that fails (the database slow or away) does not stop the
+        service: it serves as a standby and the rounds go on trying."""
+        try:
+            await self._round()
+        except Exception as exc:
+            log.warning("lease_round_failed", error=_brief(exc), first=True)
+            await self._close()
         self._task = asyncio.create_task(self._run(), name="xferd-leases")
 
     async def stop(self, release: bool = True) -> None:
