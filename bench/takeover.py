@@ -2,7 +2,7 @@
 
 Two ``xferd run`` processes on one PostgreSQL database (a database of this
 run's own, dropped at the end) with the default lease settings
-(``lease_ttl_s`` 4, ``renew_s`` 1) and the Yeastar simulator.  Each round
+(``lease_ttl_s`` 3, ``renew_s`` 1) and the Yeastar simulator.  Each round
 kills the owner with SIGKILL and measures, from the kill, until the other
 instance's ``/healthz`` says it owns the PBX and its link is up (lease
 granted, active transfers restored, logged in, subscribed, first snapshot
@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from adapters.service.config import HaConfig
 from adapters.yeastar.simulator import Phone, SimConfig
 from bench.common import Figure, Sizes
 from chaos.ha import Database, forget_dead_tokens
@@ -46,6 +47,8 @@ async def run_takeover(sizes: Sizes) -> list[Figure]:
     from tests.ha.cluster import Cluster
 
     kills = 2 if sizes.quick else 20
+    defaults = HaConfig()  # the shipped lease settings
+    ttl, renew = defaults.lease_ttl_s, defaults.renew_s
     if not postgresql_reachable():
         print("# takeover: NOT RUN: PostgreSQL unreachable (XFERD_TEST_PG)", flush=True)
         return []
@@ -57,7 +60,7 @@ async def run_takeover(sizes: Sizes) -> list[Figure]:
     times: list[float] = []
     try:
         with Database() as db, tempfile.TemporaryDirectory(prefix="bench-takeover-") as tmp:
-            cluster = Cluster(Path(tmp), sim, db.url, count=2, ttl_s=4.0, renew_s=1.0)
+            cluster = Cluster(Path(tmp), sim, db.url, count=2, ttl_s=ttl, renew_s=renew)
             try:
                 await cluster.start()
                 for _ in range(kills):
@@ -75,7 +78,7 @@ async def run_takeover(sizes: Sizes) -> list[Figure]:
     worst, median = max(times), statistics.median(times)
     details = (
         f"kill -9 of the owner to the other instance owning the PBX with its link up, {len(times)} kills, "
-        f"lease_ttl_s 4, renew_s 1; min {min(times):.2f} s, max {worst:.2f} s"
+        f"lease_ttl_s {ttl:g}, renew_s {renew:g}; min {min(times):.2f} s, max {worst:.2f} s"
     )
     return [
         Figure("takeover_max", worst, "s",

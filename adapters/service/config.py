@@ -316,7 +316,7 @@ class HaConfig(_Table):
     advertise_url: NonEmpty | None = None
     """Where the other instances reach this one's API to forward requests for the PBXs it owns
     (default: `http://<listen address>`; set it when listening on 0.0.0.0)."""
-    lease_ttl_s: Annotated[float, Field(ge=1.0, le=60.0, strict=True)] = 4.0
+    lease_ttl_s: Annotated[float, Field(ge=1.0, le=60.0, strict=True)] = 3.0
     """How long a PBX lease lasts without renewal: an instance that dies is replaced after at most
     this long (plus the new owner's PBX login)."""
     renew_s: Annotated[float, Field(gt=0.0, le=10.0, strict=True)] = 1.0

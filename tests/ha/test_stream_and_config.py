@@ -82,7 +82,7 @@ def write(tmp_path: Path, ha: str) -> Path:
 def test_ha_keys_have_defaults_and_bounds(tmp_path: Path) -> None:
     config = load(write(tmp_path, 'instance_id = "xferd-a"\nadvertise_url = "http://10.0.0.1:8765/"'))
     assert (config.ha.instance_id, config.ha.advertise_url) == ("xferd-a", "http://10.0.0.1:8765")
-    assert (config.ha.lease_ttl_s, config.ha.renew_s) == (4.0, 1.0)
+    assert (config.ha.lease_ttl_s, config.ha.renew_s) == (3.0, 1.0)
     with pytest.raises(ConfigError) as info:
         load(write(tmp_path, "lease_ttl_s = 2.0\nrenew_s = 1.0"))
     assert "renew_s" in str(info.value) and "third of lease_ttl_s" in str(info.value)
