@@ -302,8 +302,10 @@ class LeaseKeeper:
 
     async def _round(self) -> None:
         sent = time.monotonic()
-        # Shorter than what is left of any lease: a hung database must not outlive it silently.
-        async with asyncio.timeout(max(0.2, min(self.renew_s * 2, self.ttl_s - self.margin_s * 2))):
+        # A hung database must not hang the keeper; losing the lease meanwhile is the
+        # watchdog's job (its own timer), so the round may take up to a TTL (a first
+        # connection on a loaded machine is slow).
+        async with asyncio.timeout(self.ttl_s):
             conn = await self._connection()
             ttl = f"{self.ttl_s} seconds"
             await conn.execute(

@@ -75,7 +75,8 @@ async def test_a_stale_fence_writes_nothing_sends_nothing_and_stops_the_runtime(
         assert adapter.executed == []  # the PBX never heard of it
         assert await store.get("t1") is None  # nothing written
         assert runtime.stale
-        assert runtime.metrics.registry.get_sample_value("xferd_stale_writes_total") == 1
+        refused = runtime.metrics.registry.get_sample_value("xferd_stale_writes_total")
+        assert refused is not None and refused >= 1  # every refused write counts (one or more batches)
     finally:
         await runtime.close()
     assert adapter.executed == []
