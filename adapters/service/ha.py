@@ -172,6 +172,9 @@ class Cluster:
             on_lost=self._lost,
         )
         await self.keeper.start()
+        # What the first round granted starts before the API serves (a lone instance then
+        # behaves as without a cluster: restored and connecting when start() returns).
+        await asyncio.gather(*list(self._starting.values()), return_exceptions=True)
         log.info("cluster_joined", instance=self.id, url=self.url, holds=sorted(self.keeper.held))
 
     async def stop(self) -> None:
@@ -220,7 +223,9 @@ class Cluster:
 
         fence = Fence(pbx, self.id, token)
         credentials = StoredCredentials(self.service.store, pbx, CREDENTIAL_KIND[table.kind])
-        adapter = FencedAdapter(build_adapter(table, self.service.observer, credentials), self, pbx)
+        injected = self.service.injected.get(pbx)  # tests and benchmarks bring their own PBX
+        inner = injected or build_adapter(table, self.service.observer, credentials)
+        adapter = FencedAdapter(inner, self, pbx)
         keeper = self.keeper
         unit = self.service._unit(
             table,

@@ -161,6 +161,7 @@ class Service:
         if adapter is not None:
             injected[config.pbx[0].name] = adapter
         self.recorder: Recorder | None = None
+        self.injected = injected  # a cluster builds its units later (adapters.service.ha)
         self.units: dict[str, Unit] = {}
         for pbx in config.pbx:
             if self.cluster is None:  # in a cluster, units come and go with the leases
