@@ -146,14 +146,14 @@ class Cluster:
         from adapters.service.ha_stream import SharedHub
 
         self.hub = SharedHub(service.metrics, dsn, self.id)
-        self._forward: Any = None
+        #: The HTTP client relaying requests to other instances (made on first use).
+        self.http: Any = None
 
     def serve(self, app: Any) -> None:
         """Put the forwarding middleware in front of ``app`` (outermost: the owner audits)."""
         from adapters.service.ha_forward import ForwardMiddleware
 
         app.add_middleware(ForwardMiddleware, cluster=self)
-        self._app = app
 
     # -- life ---------------------------------------------------------------------
     async def start(self, port: int) -> None:
@@ -193,6 +193,8 @@ class Cluster:
         if self.keeper is not None:
             await self.keeper.stop(release=True)
         await self.hub.stop()
+        if self.http is not None:
+            await self.http.aclose()
 
     def may_act(self, pbx: str) -> bool:
         """True while this instance holds ``pbx``'s lease and it is valid by the local clock."""

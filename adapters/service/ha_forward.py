@@ -59,7 +59,6 @@ class ForwardMiddleware:
     def __init__(self, app: ASGIApp, cluster: Cluster) -> None:
         self.app = app
         self.cluster = cluster
-        self._client: httpx.AsyncClient | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -111,15 +110,15 @@ class ForwardMiddleware:
         return names[0] if len(names) == 1 else None
 
     async def _relay(self, scope: Scope, headers: dict[str, str], body: bytes, url: str, send: Send) -> None:
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S, trust_env=False)
+        if self.cluster.http is None:  # closed by the cluster when the service stops
+            self.cluster.http = httpx.AsyncClient(timeout=FORWARD_TIMEOUT_S, trust_env=False)
         out = {k: v for k, v in headers.items() if k not in HOP}
         out[FORWARDED] = self.cluster.id
         target = url + scope["path"]
         if scope.get("query_string"):
             target += "?" + scope["query_string"].decode("latin-1")
         try:
-            answer = await self._client.request(scope["method"], target, headers=out, content=body)
+            answer = await self.cluster.http.request(scope["method"], target, headers=out, content=body)
         except httpx.HTTPError as exc:
             log.warning("forward_failed", owner=url, error=type(exc).__name__)
             detail = "the instance that owns this PBX did not answer; retry in a second"
@@ -133,10 +132,6 @@ class ForwardMiddleware:
         relayed.append((b"content-length", str(len(answer.content)).encode()))
         await send({"type": "http.response.start", "status": answer.status_code, "headers": relayed})
         await send({"type": "http.response.body", "body": answer.content})
-
-    async def aclose(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
 
 
 def _no_owner(pbx: str) -> str:
