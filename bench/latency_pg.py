@@ -12,14 +12,21 @@ The database is the server at ``XFERD_BENCH_PG`` (default
 own is created there and dropped at the end.  PostgreSQL runs on the same
 2 cores as everything else, so its commit (WAL flush) competes with xferd
 and the simulator.
+
+Beside it, what the difference is made of: ``store_write_<store>_p50``, the
+time of one write-ahead save on each store, measured alone (a figure that a
+loaded machine disturbs much less than the end-to-end one).
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import time
 from urllib.parse import urlsplit, urlunsplit
 
+from adapters.service.pgstore import PgStore
+from adapters.service.store import SqliteStore
 from bench.common import Figure, Sizes, goal, percentile, tempdir
 from bench.latency import _round
 
@@ -59,6 +66,10 @@ async def run_latency_pg(sizes: Sizes) -> list[Figure]:
                     incomplete += sizes.latency_transfers - len(latencies)
                     if stats["background_seconds"] > 0:
                         fps.append(stats["background_frames"] / stats["background_seconds"])
+            writes = {
+                "sqlite": _store_writes(SqliteStore(tmp / "writes.sqlite3"), sizes),
+                "postgresql": _store_writes(PgStore(_database_url(name)), sizes),
+            }
     finally:
         with psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -81,4 +92,47 @@ async def run_latency_pg(sizes: Sizes) -> list[Figure]:
                 met,
             )
         )
+    for store, times in writes.items():
+        figures.append(
+            Figure(
+                f"store_write_{store}_p50",
+                percentile(times, 50) * 1000,
+                "ms",
+                f"one write-ahead save of a transfer (resource and engine state), durable on return, "
+                f"as the runtime makes it before a request; p99 {percentile(times, 99) * 1000:.2f} ms over "
+                f"{len(times)} saves; no goal",
+            )
+        )
     return figures
+
+
+def _store_writes(store: SqliteStore | PgStore, sizes: Sizes) -> list[float]:
+    """Seconds per ``save`` of a transfer-sized row (what a decision waits for before its request)."""
+    count = 50 if sizes.quick else 1000
+    resource = {
+        "id": "t-0", "state": "consulting", "reason": None, "pbx": "default",
+        "transferor": {"channel_id": "PJSIP/2000-00000001", "number": "2000"},
+        "transferee": {"channel_id": "PJSIP/trunk-a-00000002", "number": "5550100"},
+        "target": {"channel_id": "PJSIP/2005-00000003", "number": "2005", "status": "ringing"},
+        "policy": {"on_answer": "complete", "answer_delay_s": 0, "no_answer_timeout_s": 20},
+        "history": [{"from": "idle", "to": "consulting", "trigger": "api", "at": "2026-12-03T15:00:00.000Z"}],
+        "created_at": "2026-12-03T15:00:00.000Z", "updated_at": "2026-12-03T15:00:00.100Z",
+    }  # fmt: skip
+    export = {
+        "chart": "consulting",
+        "attempt": 1,
+        "pending": {"r-1": "start"},
+        "deadline": 1.7e9,
+        "rule": None,
+    }
+    times = []
+    try:
+        for i in range(count + 20):
+            resource["id"] = f"t-{i % 50}"
+            began = time.perf_counter()
+            store.save(resource["id"], resource, export, False)
+            if i >= 20:  # the first ones warm the connection and the caches
+                times.append(time.perf_counter() - began)
+    finally:
+        store.close()
+    return times

@@ -5,9 +5,11 @@ Fixtures (imported by ``tests/conftest.py``, so every test can ask for them):
 * ``pg_database`` (session): creates ``xferd_test_<pid>_<random>`` on the
   server's ``postgres`` database, yields its URL, drops it at the end (with
   ``FORCE``: a connection a failed test left open must not keep it alive).
-* ``pg_url`` (function): that database emptied (schema ``public`` recreated),
-  so each test starts from no tables; the URL to give ``PgStore`` or a
-  ``[store] url``.
+* ``pg_url`` (function): that database emptied (other sessions on it ended,
+  schema ``public`` recreated), so each test starts from no tables and no
+  leftover connections; the URL to give ``PgStore`` or a ``[store] url``.
+* ``pg_reachable()`` / ``pg_unavailable(reason)``: for a test that runs with
+  or without PostgreSQL (the bench smoke test).
 
 The server is ``XFERD_TEST_PG`` (default ``postgresql://postgres@127.0.0.1:5432/postgres``).
 Unreachable, the tests that need it are skipped with a reason starting
@@ -80,6 +82,13 @@ def pg_url(pg_database: str) -> str:
     import psycopg
 
     with psycopg.connect(pg_database, autocommit=True, connect_timeout=3) as conn:
+        # A previous test's processes (a stopped instance, a leaked pool) may still hold
+        # connections and locks: end them, so the reset cannot wait for them.
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        conn.execute("SET lock_timeout = '10s'")
         conn.execute("DROP SCHEMA public CASCADE")
         conn.execute("CREATE SCHEMA public")
     return pg_database

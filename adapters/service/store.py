@@ -227,8 +227,9 @@ class SqliteStore:
         store: there are no leases, so ``fence`` is accepted as it is."""
         self.commit_now(rows)
 
-    def commit_now(self, rows: Sequence[Saved]) -> None:
-        """:meth:`commit` without leaving the caller's turn of the loop (SQLite is local)."""
+    def commit_now(self, rows: Sequence[Saved], fence: Fence | None = None) -> None:
+        """:meth:`commit` without leaving the caller's turn of the loop (SQLite is local;
+        ``fence`` accepted as it is, as by :meth:`commit`)."""
         if not rows:
             return
         try:

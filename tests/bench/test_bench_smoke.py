@@ -31,6 +31,7 @@ def expected_names(sizes: Sizes) -> set[str]:
     names = {"ingest", "decision_latency_p50", "decision_latency_p99", "replay_registry", "replay_transfers"}
     if NO_PG is None:
         names |= {"decision_latency_pg_p50", "decision_latency_pg_p99"}
+        names |= {"store_write_sqlite_p50", "store_write_postgresql_p50"}
     names.add("transfers_at_load")
     names |= {"rules_ingest_indexed", "rules_ingest_unfiltered", "rule_decision_latency_p50"}
     names.add("rule_decision_latency_p99")

@@ -480,3 +480,36 @@ def test_connect_settings_keep_what_the_url_chose(pg_url: str) -> None:
             assert conn.execute("SELECT 1").fetchone() == (1,)
     finally:
         store.close()
+
+
+async def test_a_write_racing_a_takeover_is_refused(pg: Any, pg_url: str) -> None:
+    """The lease is being granted to another instance (its UPDATE not yet committed) while
+    the old owner writes: the write waits for the grant's row lock, then sees the new
+    owner and is refused — it cannot slip in between."""
+    import psycopg
+
+    _grant(pg_url, "acme", "i1", 1, 30)
+    with psycopg.connect(pg_url) as granting, psycopg.connect(pg_url, autocommit=True) as watcher:
+        granting.execute("UPDATE xferd_leases SET owner = 'i2', token = token + 1 WHERE pbx = 'acme'")
+        write = asyncio.create_task(
+            pg.commit(
+                [Saved("a", resource("a", "consulting", "x"), {"n": 1}, False, "acme")],
+                Fence("acme", "i1", 1),
+            )
+        )
+
+        def waiting_on_the_lock() -> bool:
+            row = watcher.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                ("WITH fence AS%",),
+            ).fetchone()
+            return bool(row and row[0] == 1)
+
+        async with asyncio.timeout(10):
+            while not waiting_on_the_lock():  # noqa: ASYNC110 - the database has no hook
+                await asyncio.sleep(0.01)
+        assert not write.done()
+        granting.commit()
+        with pytest.raises(StaleFence):
+            await write
+    assert await pg.load_active("acme") == []
