@@ -31,6 +31,7 @@ def _figures() -> dict[str, Runner]:
     from bench.memory import run_memory
     from bench.replay_speed import run_replay
     from bench.rules import run_rules
+    from bench.takeover import run_takeover
 
     return {
         "ingest": run_ingest,
@@ -43,6 +44,7 @@ def _figures() -> dict[str, Runner]:
         "rules": run_rules,
         "burst": run_burst,
         "pbxconn": run_pbx_connection,
+        "takeover": run_takeover,
     }
 
 
@@ -57,6 +59,7 @@ NAMES = (
     "rules",
     "burst",
     "pbxconn",
+    "takeover",
 )
 
 

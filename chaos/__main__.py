@@ -8,6 +8,7 @@ Run from the repository root (``chaos`` is a top-level package beside
     python -m chaos --seed 7 --runs 5 --only pbx_restart,sqlite_locked
     python -m chaos --write RELIABILITY.md
     python -m chaos --model              # the engine against its reference model, long (chaos/model.py)
+    python -m chaos --ha                 # several instances on PostgreSQL (chaos/ha.py), ~5 min
 
 Exit status 0 only when every run kept the promise (nothing lost, no wrong
 outcome, no duplicate complete, no request after a final state, no crash,
@@ -51,6 +52,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--examples", type=int, default=3000, help="--model: examples (default 3000)")
     parser.add_argument("--steps", type=int, default=80, help="--model: steps per example (default 80)")
+    parser.add_argument(
+        "--ha", action="store_true", help="only the several-instances kinds on PostgreSQL (chaos/ha.py)"
+    )
+    parser.add_argument(
+        "--pg-restart", action="store_true", help="--ha: restart the real PostgreSQL server (disruptive)"
+    )
     return parser.parse_args(argv)
 
 
@@ -126,6 +133,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     if args.model:
         return main_model(args)
+    if args.ha:
+        from chaos.ha import main_ha
+
+        return asyncio.run(main_ha(args.only, args.runs, args.quick, args.seed, args.pg_restart))
     return asyncio.run(main_async(args))
 
 

@@ -73,14 +73,18 @@ class ApiContext:
     def unit(self, pbx: str | None) -> Unit:
         """The PBX a request names (``"pbx"`` in the body or ``?pbx=``); optional with one PBX."""
         units = self.units
+        names = sorted(p.name for p in self.service.config.pbx)
         if pbx is None:
-            if len(units) == 1:
-                return next(iter(units.values()))
-            raise ApiError(422, "invalid_request", f"pbx: name the PBX, one of {', '.join(sorted(units))}")
+            if len(names) != 1:
+                raise ApiError(422, "invalid_request", f"pbx: name the PBX, one of {', '.join(names)}")
+            pbx = names[0]
         found = units.get(pbx)
+        if found is None and pbx in names:  # several instances: another one owns it, or will
+            detail = f"PBX {pbx!r} is being taken over by another instance; retry in a second"
+            raise ApiError(503, "pbx_unavailable", detail, {"Retry-After": "1"})
         if found is None:
             raise ApiError(
-                422, "invalid_request", f"pbx: no PBX named {pbx!r}; configured: {', '.join(sorted(units))}"
+                422, "invalid_request", f"pbx: no PBX named {pbx!r}; configured: {', '.join(names)}"
             )
         return found
 
@@ -151,6 +155,8 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
+        if ctx.service.cluster is not None:  # several instances: each PBX's owner, role, lease token
+            return JSONResponse(*ctx.service.cluster.health())
         pbxs = []
         for name, unit in ctx.units.items():
             adapter = unit.adapter
@@ -199,7 +205,7 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
             denial = {"error": "unauthorized", "detail": "send the API token as a Bearer header or ?token="}
             await websocket.send_denial_response(JSONResponse(denial, 401))
             return
-        if pbx is not None and pbx not in ctx.units:
+        if pbx is not None and ctx.service.config.pbx_named(pbx) is None:
             denial = {"error": "invalid_request", "detail": f"pbx: no PBX named {pbx!r}"}
             await websocket.send_denial_response(JSONResponse(denial, 422))
             return

@@ -320,6 +320,35 @@ class StoreConfig(_Table):
         return self.url.get_secret_value() if self.url is not None else None
 
 
+class HaConfig(_Table):
+    """Several instances sharing the PBXs (only with a PostgreSQL `[store] url`; see
+    adapters.service.ha)."""
+
+    instance_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")] | None = None
+    """This instance's name in the cluster (default: `<hostname>-<pid>`, new at every start)."""
+    advertise_url: NonEmpty | None = None
+    """Where the other instances reach this one's API to forward requests for the PBXs it owns
+    (default: `http://<listen address>`; set it when listening on 0.0.0.0)."""
+    lease_ttl_s: Annotated[float, Field(ge=1.0, le=60.0, strict=True)] = 3.0
+    """How long a PBX lease lasts without renewal: an instance that dies is replaced after at most
+    this long (plus the new owner's PBX login)."""
+    renew_s: Annotated[float, Field(gt=0.0, le=10.0, strict=True)] = 1.0
+    """How often an instance renews its leases and looks for PBXs to take (at most a third of
+    `lease_ttl_s`)."""
+
+    @model_validator(mode="after")
+    def _renew_within_ttl(self) -> HaConfig:
+        """`renew_s` at most a third of `lease_ttl_s` (two renewals may fail before a lease is lost)."""
+        if self.renew_s * 3 > self.lease_ttl_s:
+            raise _KeyError(("ha", "renew_s"), "at most a third of lease_ttl_s")
+        return self
+
+    @field_validator("advertise_url")
+    @classmethod
+    def _http(cls, value: str | None) -> str | None:
+        return _http_url(value) if value is not None else None
+
+
 class RecordConfig(_Table):
     """``[record] path = "incident.jsonl"``: record this run as a replayable scenario."""
 
@@ -354,6 +383,8 @@ class Config(_Table):
     """Recording the run as a replayable scenario."""
     rules: RulesConfig = RulesConfig()
     """Automated call-routing rules."""
+    ha: HaConfig = HaConfig()
+    """Several instances (with a PostgreSQL store)."""
 
     @model_validator(mode="before")
     @classmethod

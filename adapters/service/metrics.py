@@ -72,6 +72,15 @@ class Metrics:
         self.stream_dropped = Counter(
             "xferd_stream_dropped", "Live-stream clients dropped for falling behind", registry=r
         )
+        # Several instances (adapters.service.ha).
+        self.stale_writes = Counter(
+            "xferd_stale_writes", "Decisions refused for a stale lease token (their requests never sent)",
+            registry=r,
+        )  # fmt: skip
+        self.takeovers = Counter(
+            "xferd_takeovers", "PBX leases this instance took over from another owner (or an expired one)",
+            ["pbx"], registry=r,
+        )  # fmt: skip
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -94,7 +94,8 @@ def secrets_of(config: Config) -> list[str]:
     if config.store.url is not None:  # the whole URL, and its password wherever it shows alone
         from adapters.service.pgstore import url_password
 
-        secrets += [config.store.url.get_secret_value(), url_password(config.store.url.get_secret_value())]
+        url = config.store.url.get_secret_value()
+        secrets += [url, url_password(url) or ""]
     return [secret for secret in secrets if secret]
 
 
@@ -150,7 +151,9 @@ class Service:
         self.observer = observer or MetricsObserver(self.metrics)
         redactor.add(secrets_of(config))
         self.store = open_store(config.store.url_value, config.store.path)
-        self.hub = Hub(self.metrics)
+        # Several instances (a PostgreSQL store): units follow the PBX leases (adapters.service.ha).
+        self.cluster = _cluster(self)
+        self.hub = self.cluster.hub if self.cluster is not None else Hub(self.metrics)
         self.users = Users(
             (User(u.name, u.role, u.token_hash) for u in config.api.users),
             config.api.token.get_secret_value() if config.api.token else None,
@@ -159,23 +162,28 @@ class Service:
         if adapter is not None:
             injected[config.pbx[0].name] = adapter
         self.recorder: Recorder | None = None
+        self.injected = injected  # a cluster builds its units later (adapters.service.ha)
         #: The routing rules file and what it holds (None: no ``[rules] path``).
         self.rules: RulesHolder | None = None
         if config.rules.path is not None:
             self.rules = RulesHolder.open(config.rules.path)  # RulesError: one line
         self.units: dict[str, Unit] = {}
         for pbx in config.pbx:
-            self.units[pbx.name] = self._unit(pbx, injected.get(pbx.name))
+            if self.cluster is None:  # in a cluster, units come and go with the leases
+                self.units[pbx.name] = self._unit(pbx, injected.get(pbx.name))
         if self.rules is not None:
             self.rules.attach(self)
             self.metrics.registry.register(RulesCollector(self))
         self.app = create_app(self, request_timeout_s=REQUEST_TIMEOUT_S)
+        if self.cluster is not None:
+            self.cluster.serve(self.app)  # requests about PBXs owned elsewhere go to their owner
         self._socket: socket.socket | None = None
         self._server: _Uvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
         self._stopped = False
 
-    def _unit(self, pbx: PbxTable, adapter: PbxAdapter | None) -> Unit:
+    def _unit(self, pbx: PbxTable, adapter: PbxAdapter | None, **runtime_options: Any) -> Unit:
+        """``runtime_options``: more :class:`Runtime` arguments (a cluster's ``fence``, ``on_stale``)."""
         config = self.config
         engine = Engine(config.policy_of(pbx).engine_policy())
         credentials = StoredCredentials(self.store, pbx.name, CREDENTIAL_KIND[pbx.kind])
@@ -204,6 +212,7 @@ class Service:
                 recorder=self.recorder,
                 max_pending_transfers=config.api.max_pending_transfers,
                 max_starting_transfers=config.api.max_starting_transfers,
+                **runtime_options,
             )
         else:
             adapter = adapter or build_adapter(pbx, self.observer, credentials)
@@ -216,6 +225,7 @@ class Service:
                 hub=self.hub,
                 max_pending_transfers=config.api.max_pending_transfers,
                 max_starting_transfers=config.api.max_starting_transfers,
+                **runtime_options,
             )
         return Unit(pbx.name, pbx, adapter, runtime)
 
@@ -270,6 +280,8 @@ class Service:
             sock.listen(128)  # clients queue in the backlog until uvicorn accepts
             for unit in self.units.values():
                 await unit.runtime.start()
+            if self.cluster is not None:
+                await self.cluster.start(int(sock.getsockname()[1]))
         except BaseException:
             sock.close()
             raise
@@ -300,6 +312,8 @@ class Service:
             self._server.should_exit = True
             await self._serving
         self.hub.close()
+        if self.cluster is not None:
+            await self.cluster.stop()  # its units, then the leases handed back
         for unit in self.units.values():
             await unit.runtime.close()
         await self.app.state.audit.close()
@@ -309,6 +323,14 @@ class Service:
         if self._socket is not None:
             self._socket.close()
         log.info("service_stopped")
+
+
+def _cluster(service: Service) -> Any:
+    """The service's part in a cluster (None: SQLite, one instance)."""
+    from adapters.service.ha import Cluster, store_url
+
+    url = store_url(service.config)
+    return Cluster(service, url) if url is not None else None
 
 
 async def run_until_signalled(config: Config) -> None:

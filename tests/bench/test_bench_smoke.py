@@ -39,6 +39,8 @@ def expected_names(sizes: Sizes) -> set[str]:
     for calls in sizes.memory_calls:
         names |= {f"memory_per_call@{calls}", f"memory_per_transfer@{calls}", f"memory_after_end@{calls}"}
     names |= {f"ingest_rate@{calls}" for calls in sizes.scaling_calls}
+    if NO_PG is None:  # the takeover figure needs PostgreSQL too
+        names |= {"takeover_max", "takeover_median"}
     return names
 
 
@@ -49,19 +51,19 @@ def quick_run() -> subprocess.CompletedProcess[str]:
         if os.environ.get("CI"):
             pg_unavailable(NO_PG)  # fails: CI has PostgreSQL
         warnings.warn(f"PostgreSQL tests NOT RUN: bench figure latency_pg left out ({NO_PG})", stacklevel=1)
-        only = [arg for name in NAMES if name != "latency_pg" for arg in ("--only", name)]
+        only = [arg for name in NAMES if name not in ("latency_pg", "takeover") for arg in ("--only", name)]
     return subprocess.run(
         [sys.executable, "-m", "bench", "--quick", *only],
         env={**os.environ, "XFERD_BENCH_PG": ADMIN_URL},
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=280,
+        timeout=400,
         check=False,
     )
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_quick_run_prints_every_figure_line(quick_run: subprocess.CompletedProcess[str]) -> None:
     assert quick_run.returncode == 0, quick_run.stderr[-3000:]
     lines = [line for line in quick_run.stdout.splitlines() if line and not line.startswith("#")]
@@ -79,7 +81,7 @@ def test_quick_run_prints_every_figure_line(quick_run: subprocess.CompletedProce
         assert p["unit"]
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(420)
 def test_goal_figures_say_met_or_missed(quick_run: subprocess.CompletedProcess[str]) -> None:
     goals = [line for line in quick_run.stdout.splitlines() if "goal " in line and not line.startswith("#")]
     assert goals
