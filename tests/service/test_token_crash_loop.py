@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from adapters.yeastar.frames import LimitExceededError
 from adapters.yeastar.simulator import MAX_ACCESS_TOKENS, PbxSimulator
-from tests.service.conftest import Xferd, write_config
+from tests.service.conftest import START_WITHIN_S, Xferd, until_http, write_config
 
 KILLS = MAX_ACCESS_TOKENS + 4
 
@@ -43,6 +44,15 @@ class StoreXferd(Xferd):
             {**os.environ, "XFERD_PBX_CLIENT_SECRET": self.sim.config.client_secret, **self.env}
         )
         await self._until_healthy()
+        if "XFERD_STORE_URL" in self.env:
+            # A PostgreSQL store is a cluster of one: /healthz is 200 while the killed
+            # predecessor's lease still runs (it looks alive); this start counts once it owns
+            # the PBX and is connected (it refreshed the stored pair by then).
+            def owner(response: Any) -> bool:
+                pbxs = response.json().get("pbxs", [])
+                return bool(pbxs) and pbxs[0]["role"] == "owner" and pbxs[0]["pbx"] == "connected"
+
+            await until_http(owner, self.http, "/healthz", START_WITHIN_S)
         return self
 
 
