@@ -25,11 +25,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
 from adapters.service.audit import AuditLog, AuditMiddleware
 from adapters.service.logs import get_logger
 from adapters.service.roles import Principal, Role
+from adapters.service.sessions import CSRF_HEADER, SESSION_COOKIE, SessionError, Sessions
 from adapters.service.store import StoreError
 from engine.errors import Rejected
 
@@ -62,6 +64,9 @@ class ApiContext:
         self.hub = service.hub
         self.users = service.users
         self.metrics = service.metrics
+        api = service.config.api
+        secret = api.session_secret.get_secret_value() if api.session_secret is not None else None
+        self.sessions = Sessions(self.users, secret=secret, ttl_s=api.session_ttl_s)
         # The adapter answers within its own request timeout; wait a little longer than that.
         self.result_timeout_s = request_timeout_s + 2.0
 
@@ -113,6 +118,23 @@ class ApiContext:
             provided = query_token or ""
         return self.users.by_token(provided)
 
+    def authenticate_request(self, request: HTTPConnection) -> Principal | None:
+        """The principal of a request or websocket: its bearer token (or ``?token=``), else its
+        console session cookie — then state-changing methods must carry the CSRF header
+        (:mod:`adapters.service.sessions`).  An expired session or a CSRF failure raises ApiError."""
+        authorization = request.headers.get("authorization")
+        cookie = request.cookies.get(SESSION_COOKIE)
+        query_token = request.query_params.get("token") if request.scope["type"] == "websocket" else None
+        if authorization or query_token or cookie is None:
+            return self.authenticate(authorization, query_token)
+        try:
+            session = self.sessions.check(cookie)
+            if request.scope["type"] == "http":
+                self.sessions.check_csrf(session, request.scope["method"], request.headers.get(CSRF_HEADER))
+        except SessionError as exc:
+            raise ApiError(exc.status, exc.code, exc.detail) from None
+        return session.principal
+
     def requires(self, role: Role) -> Any:
         """A dependency: the request's principal, 401 without one, 403 if its role is below ``role``."""
 
@@ -121,7 +143,7 @@ class ApiContext:
             request: Request,
             authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
         ) -> Principal:
-            found = self.authenticate(authorization)
+            found = self.authenticate_request(request)
             if found is None:
                 raise ApiError(401, "unauthorized", "send the API token as 'Authorization: Bearer <token>'")
             request.scope.setdefault("state", {})["principal"] = found
@@ -138,7 +160,7 @@ class ApiContext:
 
 def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     """The control API for ``service`` (every PBX it drives)."""
-    from adapters.service import api_calls, api_rules, api_transfers
+    from adapters.service import api_calls, api_console, api_rules, api_transfers
 
     ctx = ApiContext(service, request_timeout_s=request_timeout_s)
     app = FastAPI(title="xferd", version="1", summary="Attended-transfer control API")
@@ -192,9 +214,15 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
 
     @app.websocket("/v1/stream")
     async def stream(websocket: WebSocket, pbx: Annotated[str | None, Query(max_length=32)] = None) -> None:
-        principal = ctx.authenticate(
-            websocket.headers.get("authorization"), websocket.query_params.get("token")
-        )
+        try:
+            principal = ctx.authenticate_request(websocket)
+        except ApiError as exc:
+            await websocket.send_denial_response(JSONResponse({"error": exc.code, "detail": exc.detail}, 401))
+            return
+        if principal is not None and principal.via == "session" and not same_origin(websocket):
+            denial = {"error": "forbidden", "detail": "the stream's Origin is not this service"}
+            await websocket.send_denial_response(JSONResponse(denial, 403))
+            return
         if principal is None:
             denial = {"error": "unauthorized", "detail": "send the API token as a Bearer header or ?token="}
             await websocket.send_denial_response(JSONResponse(denial, 401))
@@ -232,8 +260,18 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     app.include_router(api_transfers.routes(ctx))
     app.include_router(api_rules.routes(ctx))
     app.include_router(api_calls.routes(ctx))
+    app.include_router(api_console.routes(ctx))
     _webhooks(app, ctx)
     return app
+
+
+def same_origin(connection: HTTPConnection) -> bool:
+    """A websocket opened with the session cookie must come from a page of this service
+    (browsers send ``Origin``; cookies alone would let any site's script open the stream)."""
+    origin = connection.headers.get("origin")
+    if origin is None:
+        return True  # not a browser
+    return origin.partition("://")[2].rstrip("/") == connection.headers.get("host", "")
 
 
 def _links(pbxs: Sequence[dict[str, Any]]) -> str:
