@@ -17,6 +17,7 @@ calls).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -41,6 +42,8 @@ if TYPE_CHECKING:
 
 log = get_logger("xferd.api")
 
+#: Finished transfers (per PBX, newest first) in a stream snapshot: the console's history.
+RECENT_IN_SNAPSHOT = 100
 _STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -173,30 +176,8 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        pbxs = []
-        for name, unit in ctx.units.items():
-            adapter = unit.adapter
-            pbxs.append(
-                {
-                    "name": name,
-                    "pbx": "connected" if adapter.connected else "disconnected",
-                    "platform": adapter.platform,
-                    "capabilities": list(adapter.capabilities),
-                    "detail": adapter.detail,
-                }
-            )
-        connected = all(p["pbx"] == "connected" for p in pbxs)
-        platforms = {p["platform"] for p in pbxs}
-        capabilities = [c for c in pbxs[0]["capabilities"] if all(c in p["capabilities"] for p in pbxs)]
-        body: dict[str, Any] = {
-            "status": "ok" if connected else "degraded",
-            "pbx": "connected" if connected else "disconnected",
-            "platform": platforms.pop() if len(platforms) == 1 else "mixed",
-            "capabilities": capabilities,
-            "detail": pbxs[0]["detail"] if len(pbxs) == 1 else _links(pbxs),
-            "pbxs": pbxs,
-        }
-        return JSONResponse(body, 200 if connected else 503)
+        body = health(ctx)
+        return JSONResponse(body, 200 if body["status"] == "ok" else 503)
 
     @app.get("/metrics", dependencies=viewer)
     async def metrics() -> Response:
@@ -213,7 +194,11 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
         return {"items": await ctx.store.audit_list(limit, transfer_id=transfer_id, actor=actor)}
 
     @app.websocket("/v1/stream")
-    async def stream(websocket: WebSocket, pbx: Annotated[str | None, Query(max_length=32)] = None) -> None:
+    async def stream(
+        websocket: WebSocket,
+        pbx: Annotated[str | None, Query(max_length=32)] = None,
+        snapshot: Annotated[bool, Query()] = False,
+    ) -> None:
         try:
             principal = ctx.authenticate_request(websocket)
         except ApiError as exc:
@@ -232,7 +217,9 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
             await websocket.send_denial_response(JSONResponse(denial, 422))
             return
         await websocket.accept()
-        subscription = ctx.hub.subscribe(pbx)
+        subscription = ctx.hub.subscribe(pbx, conflated=True)
+        # Built right after subscribing, with no await between: every change after it is queued.
+        first = stream_snapshot(ctx, pbx) if snapshot else None
 
         async def watch_disconnect() -> None:
             # Clients only listen; reading is how we notice they left.
@@ -245,8 +232,13 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
 
         watcher = asyncio.create_task(watch_disconnect())
         try:
-            while (message := await subscription.get()) is not None:
-                await websocket.send_text(message)
+            if first is not None:
+                await websocket.send_text(first)
+            while (batch := await subscription.batch()) is not None:
+                for n, message in enumerate(batch, 1):
+                    await websocket.send_text(message)
+                    if n % 64 == 0:
+                        await asyncio.sleep(0)  # a long batch must not hold the loop: frames wait
             if watcher.done():
                 return  # the client left
             # 1013 "try again later": the client fell behind; 1001: the service is stopping.
@@ -263,6 +255,48 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     app.include_router(api_console.routes(ctx))
     _webhooks(app, ctx)
     return app
+
+
+def health(ctx: ApiContext) -> dict[str, Any]:
+    """The ``/healthz`` body (also the stream snapshot's ``health``)."""
+    pbxs = []
+    for name, unit in ctx.units.items():
+        adapter = unit.adapter
+        pbxs.append(
+            {
+                "name": name,
+                "pbx": "connected" if adapter.connected else "disconnected",
+                "platform": adapter.platform,
+                "capabilities": list(adapter.capabilities),
+                "detail": adapter.detail,
+            }
+        )
+    connected = all(p["pbx"] == "connected" for p in pbxs)
+    platforms = {p["platform"] for p in pbxs}
+    capabilities = [c for c in pbxs[0]["capabilities"] if all(c in p["capabilities"] for p in pbxs)]
+    body: dict[str, Any] = {
+        "status": "ok" if connected else "degraded",
+        "pbx": "connected" if connected else "disconnected",
+        "platform": platforms.pop() if len(platforms) == 1 else "mixed",
+        "capabilities": capabilities,
+        "detail": pbxs[0]["detail"] if len(pbxs) == 1 else _links(pbxs),
+        "pbxs": pbxs,
+    }
+    return body
+
+
+def stream_snapshot(ctx: ApiContext, pbx: str | None) -> str:
+    """The stream's first message with ``?snapshot=1``: every live transfer and call, the
+    recently finished transfers, and health."""
+    runtimes = ctx.runtimes(pbx)
+    transfers = [t for runtime in runtimes for t in runtime.live_transfers()]
+    live = {t["id"] for t in transfers}
+    transfers += [
+        dict(t) for r in runtimes for t in r.recent_finished()[:RECENT_IN_SNAPSHOT] if t["id"] not in live
+    ]
+    calls = [call for runtime in runtimes for call in runtime.calls()]
+    message = {"kind": "snapshot", "transfers": transfers, "calls": calls, "health": health(ctx)}
+    return json.dumps(message, separators=(",", ":"), default=str)
 
 
 def same_origin(connection: HTTPConnection) -> bool:

@@ -283,3 +283,102 @@ async def test_stream_without_snapshot_is_unchanged(service: tuple[Service, Fake
         answered_call(adapter)
         first = json.loads(await asyncio.wait_for(ws.recv(), 5))
         assert first["kind"] == "call"
+
+
+# -- conflation ------------------------------------------------------------------------
+
+
+def call_message(call_id: str, n: int) -> dict[str, Any]:
+    return {"kind": "call", "call": {"call_id": call_id, "members": [{"status": f"S{n}"}]}}
+
+
+def transfer_message(transfer_id: str, n: int) -> dict[str, Any]:
+    return {"kind": "transfer", "transfer": {"id": transfer_id, "seq": n}}
+
+
+async def test_conflation_bounds_per_call_changes_and_keeps_every_transfer_change() -> None:
+    from adapters.service.hub import Hub
+    from adapters.service.metrics import Metrics
+
+    hub = Hub(Metrics())
+    conflated = hub.subscribe(conflated=True)
+    plain = hub.subscribe()
+    got: list[dict[str, Any]] = []
+
+    async def read() -> None:
+        while (batch := await conflated.batch()) is not None:
+            got.extend(json.loads(text) for text in batch)
+
+    reader = asyncio.create_task(read())
+    started = time.monotonic()
+    changes = 0
+    while time.monotonic() - started < 0.5:  # a hot call: a change every millisecond or so
+        changes += 1
+        hub.publish(call_message("hot", changes), "default")
+        if changes % 50 == 0:
+            hub.publish(transfer_message("t1", changes // 50), "default")
+        await asyncio.sleep(0.001)
+    hub.publish(call_message("cold", 1), "default")
+    await until(lambda: any(m.get("call", {}).get("call_id") == "cold" for m in got), within_s=2)
+    hub.close()
+    await reader
+    elapsed = time.monotonic() - started
+    hot = [m for m in got if m.get("call", {}).get("call_id") == "hot"]
+    # ≤ 10 per second per call: one change of a call per flush at most, flushes interval_s apart
+    assert len(hot) <= elapsed / hub.interval_s + 1
+    assert len(hot) < changes / 5  # it did conflate
+    assert hot[-1]["call"]["members"][0]["status"] == f"S{changes}"  # latest wins
+    transfers = [m["transfer"]["seq"] for m in got if m["kind"] == "transfer"]
+    assert transfers == list(range(1, changes // 50 + 1))  # every transfer change, in order
+    # a plain (in-process) subscriber still gets every message, or is dropped — never conflated
+    assert plain.overflowed or plain.queue.qsize() >= 200
+
+
+async def test_conflated_client_that_stops_reading_is_dropped_not_waited_for() -> None:
+    from adapters.service.hub import Hub
+    from adapters.service.metrics import Metrics
+
+    metrics = Metrics()
+    hub = Hub(metrics, interval_s=0.005)
+    stuck = hub.subscribe(conflated=True)
+    reading = hub.subscribe(conflated=True)
+    received = 0
+
+    async def read() -> None:
+        nonlocal received
+        while (batch := await reading.batch()) is not None:
+            received += len(batch)
+
+    reader = asyncio.create_task(read())
+    n = 0
+    async with asyncio.timeout(10):
+        while not stuck.overflowed:
+            n += 1
+            started = time.perf_counter()
+            hub.publish(call_message(f"c{n % 7}", n), "default")
+            assert time.perf_counter() - started < 0.05  # publishing never waits for a client
+            await asyncio.sleep(0.001)
+    assert await stuck.batch() is None
+    assert not reading.overflowed and bool(hub)
+    hub.close()
+    await reader
+    assert received > 0
+    assert metrics.stream_dropped._value.get() == 1
+
+
+async def test_conflated_stream_over_the_socket(service: tuple[Service, FakeAdapter]) -> None:
+    """Many changes of one call through the real websocket: few arrive, the last is the latest."""
+    svc, adapter = service
+    async with connect(ws_url(svc, f"?token={ADMIN}&snapshot=1")) as ws:
+        assert json.loads(await ws.recv())["kind"] == "snapshot"
+        statuses = ["ANSWER", "HOLD"] * 100
+        for status in statuses:
+            adapter.call("c1", ("inbound", "5550100", "PJSIP/trunk-a-c1", "ANSWERED"),
+                         ("extension", "2000", "PJSIP/2000-c1", status))  # fmt: skip
+        seen: list[str] = []
+        async with asyncio.timeout(5):
+            while not seen or seen[-1] != statuses[-1]:
+                message = json.loads(await ws.recv())
+                if message["kind"] == "call":
+                    seen.append(message["call"]["members"][1]["status"])
+        assert len(seen) < 20
