@@ -100,7 +100,8 @@ async def test_wrong_token_gets_no_hint(service: tuple[Service, FakeAdapter]) ->
     async with client(svc) as http:
         for token in ("wrong", TOKENS["viewer"] + "x", "a" * 512):
             response = await http.post("/console/login", json={"token": token})
-            assert response.status_code == 401 and response.json() == {"error": "login failed"}
+            assert response.status_code == 401 and response.json()["error"] == "login failed"
+            assert response.json()["detail"] == "login failed: the token was not accepted"  # no hint
             assert SESSION_COOKIE not in set_cookies(response)
         assert (await http.get("/console/me")).status_code == 401
         # A malformed body is the API's usual 4xx sentence, not a crash.
