@@ -24,6 +24,7 @@ Runner = Callable[[Sizes], Awaitable[list[Figure]]]
 def _figures() -> dict[str, Runner]:
     # Imported here so that ``--help`` is instant and a broken module names itself.
     from bench.burst import run_burst, run_pbx_connection
+    from bench.console import run_console
     from bench.ingest import run_ingest, run_scaling
     from bench.latency import run_latency
     from bench.latency_pg import run_latency_pg
@@ -45,6 +46,7 @@ def _figures() -> dict[str, Runner]:
         "burst": run_burst,
         "pbxconn": run_pbx_connection,
         "takeover": run_takeover,
+        "console": run_console,
     }
 
 
@@ -60,6 +62,7 @@ NAMES = (
     "burst",
     "pbxconn",
     "takeover",
+    "console",
 )
 
 

@@ -25,11 +25,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
 from adapters.service.audit import AuditLog, AuditMiddleware
 from adapters.service.logs import get_logger
 from adapters.service.roles import Principal, Role
+from adapters.service.sessions import CSRF_HEADER, SESSION_COOKIE, SessionError, Sessions
 from adapters.service.store import StoreError
 from engine.errors import Rejected
 
@@ -62,6 +64,9 @@ class ApiContext:
         self.hub = service.hub
         self.users = service.users
         self.metrics = service.metrics
+        api = service.config.api
+        secret = api.session_secret.get_secret_value() if api.session_secret is not None else None
+        self.sessions = Sessions(self.users, secret=secret, ttl_s=api.session_ttl_s)
         # The adapter answers within its own request timeout; wait a little longer than that.
         self.result_timeout_s = request_timeout_s + 2.0
 
@@ -117,6 +122,23 @@ class ApiContext:
             provided = query_token or ""
         return self.users.by_token(provided)
 
+    def authenticate_request(self, request: HTTPConnection) -> Principal | None:
+        """The principal of a request or websocket: its bearer token (or ``?token=``), else its
+        console session cookie — then state-changing methods must carry the CSRF header
+        (:mod:`adapters.service.sessions`).  An expired session or a CSRF failure raises ApiError."""
+        authorization = request.headers.get("authorization")
+        cookie = request.cookies.get(SESSION_COOKIE)
+        query_token = request.query_params.get("token") if request.scope["type"] == "websocket" else None
+        if authorization or query_token or cookie is None:
+            return self.authenticate(authorization, query_token)
+        try:
+            session = self.sessions.check(cookie)
+            if request.scope["type"] == "http":
+                self.sessions.check_csrf(session, request.scope["method"], request.headers.get(CSRF_HEADER))
+        except SessionError as exc:
+            raise ApiError(exc.status, exc.code, exc.detail) from None
+        return session.principal
+
     def requires(self, role: Role) -> Any:
         """A dependency: the request's principal, 401 without one, 403 if its role is below ``role``."""
 
@@ -125,7 +147,7 @@ class ApiContext:
             request: Request,
             authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
         ) -> Principal:
-            found = self.authenticate(authorization)
+            found = self.authenticate_request(request)
             if found is None:
                 raise ApiError(401, "unauthorized", "send the API token as 'Authorization: Bearer <token>'")
             request.scope.setdefault("state", {})["principal"] = found
@@ -142,7 +164,8 @@ class ApiContext:
 
 def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     """The control API for ``service`` (every PBX it drives)."""
-    from adapters.service import api_calls, api_rules, api_transfers
+    from adapters.service import api_calls, api_console, api_rules, api_transfers
+    from adapters.service.stream import same_origin, send_batches, stream_snapshot
 
     ctx = ApiContext(service, request_timeout_s=request_timeout_s)
     app = FastAPI(title="xferd", version="1", summary="Attended-transfer control API")
@@ -197,10 +220,20 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
         return {"items": await ctx.store.audit_list(limit, transfer_id=transfer_id, actor=actor)}
 
     @app.websocket("/v1/stream")
-    async def stream(websocket: WebSocket, pbx: Annotated[str | None, Query(max_length=32)] = None) -> None:
-        principal = ctx.authenticate(
-            websocket.headers.get("authorization"), websocket.query_params.get("token")
-        )
+    async def stream(
+        websocket: WebSocket,
+        pbx: Annotated[str | None, Query(max_length=32)] = None,
+        snapshot: Annotated[bool, Query()] = False,
+    ) -> None:
+        try:
+            principal = ctx.authenticate_request(websocket)
+        except ApiError as exc:
+            await websocket.send_denial_response(JSONResponse({"error": exc.code, "detail": exc.detail}, 401))
+            return
+        if principal is not None and principal.via == "session" and not same_origin(websocket):
+            denial = {"error": "forbidden", "detail": "the stream's Origin is not this service"}
+            await websocket.send_denial_response(JSONResponse(denial, 403))
+            return
         if principal is None:
             denial = {"error": "unauthorized", "detail": "send the API token as a Bearer header or ?token="}
             await websocket.send_denial_response(JSONResponse(denial, 401))
@@ -210,7 +243,9 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
             await websocket.send_denial_response(JSONResponse(denial, 422))
             return
         await websocket.accept()
-        subscription = ctx.hub.subscribe(pbx)
+        subscription = ctx.hub.subscribe(pbx, conflated=True)
+        # Built after subscribing: every change from then on is queued too.
+        first = await stream_snapshot(ctx, app, pbx) if snapshot else None
 
         async def watch_disconnect() -> None:
             # Clients only listen; reading is how we notice they left.
@@ -223,8 +258,9 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
 
         watcher = asyncio.create_task(watch_disconnect())
         try:
-            while (message := await subscription.get()) is not None:
-                await websocket.send_text(message)
+            if first is not None:
+                await websocket.send_text(first)
+            await send_batches(websocket, subscription)
             if watcher.done():
                 return  # the client left
             # 1013 "try again later": the client fell behind; 1001: the service is stopping.
@@ -238,6 +274,7 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     app.include_router(api_transfers.routes(ctx))
     app.include_router(api_rules.routes(ctx))
     app.include_router(api_calls.routes(ctx))
+    app.include_router(api_console.routes(ctx))
     _webhooks(app, ctx)
     return app
 

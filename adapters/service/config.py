@@ -44,6 +44,7 @@ SECRET_ENV: dict[str, tuple[str, str]] = {
     "XFERD_WEBHOOK_SECRET": ("pbx", "webhook_secret"),
     "XFERD_API_TOKEN": ("api", "token"),
     "XFERD_STORE_URL": ("store", "url"),
+    "XFERD_API_SESSION_SECRET": ("api", "session_secret"),
 }
 #: The PBX keys that may come from the environment, per ``[[pbx]]`` entry.
 PBX_SECRET_KEYS: tuple[str, ...] = (
@@ -254,6 +255,12 @@ class ApiConfig(_Table):
     (issue 18: 4 against 16 took the burst's ANSWER → complete median from ~400 ms to ~50-130 ms on
     a loaded 2-vCPU machine); raise it for a PBX far away (throughput ≈ this ÷ the PBX's answer
     time)."""
+    session_secret: Secret | None = None
+    """Signs the console's session cookies (`XFERD_API_SESSION_SECRET`). Unset: a random key per
+    process, so sessions end when the service restarts; instances that share one address (HA)
+    need the same secret to accept each other's sessions."""
+    session_ttl_s: Seconds = 28800.0
+    """How long a console login lasts (seconds; default 8 hours); then the page asks again."""
 
     @field_validator("users")
     @classmethod

@@ -22,6 +22,7 @@ from adapters.replay.recorder import Recorder, RecordingRuntime, Tee
 from adapters.service.api import create_app
 from adapters.service.config import DEFAULT_PBX_NAME, Config, PbxTable
 from adapters.service.hub import Hub
+from adapters.service.journal import Journal
 from adapters.service.logs import get_logger, redactor
 from adapters.service.metrics import Metrics, MetricsObserver
 from adapters.service.roles import User, Users
@@ -84,7 +85,7 @@ def build_adapter(
 
 def secrets_of(config: Config) -> list[str]:
     """Every secret value in ``config`` (for the log redactor)."""
-    values = [config.api.token]
+    values = [config.api.token, config.api.session_secret]
     for pbx in config.pbx:
         if pbx.kind == "yeastar":
             values += [pbx.client_secret]
@@ -154,6 +155,7 @@ class Service:
         # Several instances (a PostgreSQL store): units follow the PBX leases (adapters.service.ha).
         self.cluster = _cluster(self)
         self.hub = self.cluster.hub if self.cluster is not None else Hub(self.metrics)
+        self.journal = Journal()  # every PBX's transfers' stories (the console's timeline)
         self.users = Users(
             (User(u.name, u.role, u.token_hash) for u in config.api.users),
             config.api.token.get_secret_value() if config.api.token else None,
@@ -227,6 +229,7 @@ class Service:
                 max_starting_transfers=config.api.max_starting_transfers,
                 **runtime_options,
             )
+        runtime.journal = self.journal
         return Unit(pbx.name, pbx, adapter, runtime)
 
     def reload_rules(self) -> None:
@@ -291,6 +294,9 @@ class Service:
             log_config=None,  # our structlog handler on the root logger formats uvicorn's lines
             lifespan="off",
             ws="websockets-sansio",
+            # The live stream fans one message out to every client: compressing it per client
+            # would cost more CPU than everything else the stream does (see bench "console").
+            ws_per_message_deflate=False,
             timeout_graceful_shutdown=3,
         )
         self._server = _Uvicorn(config)

@@ -19,6 +19,7 @@ from pydantic import BaseModel
 from adapters.service import config as cfg
 from adapters.service import pgstore
 from adapters.service.rules import RulesFile
+from adapters.service.sessions import CSRF_COOKIE, SESSION_COOKIE
 from docsgen import api_ref, config_ref, logs_ref, metrics_ref
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -140,6 +141,7 @@ def test_every_metric_the_docs_name_exists() -> None:
     texts = [path.read_text(encoding="utf-8") for path in [*PAGES, ROOT / "README.md"]]
     named = {name for text in texts for name in re.findall(r"\bxferd_[a-z_]+", text)}
     named -= set(pgstore.TABLES)  # the PostgreSQL store's tables share the prefix
+    named -= {SESSION_COOKIE, CSRF_COOKIE}  # the console's cookies, not metrics
     unknown = {
         n for n in named if n not in exported and not any(n.removesuffix(s) in exported for s in suffixes)
     }
@@ -172,6 +174,7 @@ def test_api_reference_lists_every_route_with_its_role() -> None:
     assert roles[("GET", "/v1/transfers")] == "viewer"
     assert roles[("GET", "/v1/audit")] == "supervisor"
     public = {"/healthz", "/v1/stream", "/v1/webhooks/webex", "/v1/webhooks/webex/{pbx}"}
+    public |= {"/console/login", "/console/logout", "/console/me"}  # the console's own session
     assert {path for (_, path), role in roles.items() if role is None} == public
     page_roles = re.findall(r"## `(\S+) (\S+)`\n\n(?:.*\n\n)?\*\*Authentication:\*\* role `(\w+)`", page)
     assert ("POST", "/v1/transfers", "operator") in page_roles
