@@ -6,6 +6,7 @@ See ``scenarios/README.md`` for the format.
 """
 
 from adapters.replay.format import Scenario, ScenarioError, discover, read
-from adapters.replay.runner import Entry, Made, Report, replay
+from adapters.replay.runner import Made, Report, replay
+from adapters.replay.timeline import Entry
 
 __all__ = ["Entry", "Made", "Report", "Scenario", "ScenarioError", "discover", "read", "replay"]

@@ -56,7 +56,8 @@ import structlog
 
 from adapters.base import Observer
 from adapters.replay.format import FrameLine, RequestLine, Scenario, SuperviseLine, compact
-from adapters.replay.runner import event_text, next_answer, request_text, take_after, unclaimed
+from adapters.replay.runner import next_answer, request_text, take_after, unclaimed
+from adapters.replay.timeline import event_text
 from adapters.webex.adapter import CALLS, RECONCILE, WebexAdapter
 from adapters.webex.client import ErrorKind, WebexClient, WebexError, redact
 from adapters.webex.events import call_id_of
