@@ -138,7 +138,7 @@ class ApiContext:
 
 def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     """The control API for ``service`` (every PBX it drives)."""
-    from adapters.service import api_calls, api_rules, api_transfers
+    from adapters.service import api_calls, api_rules, api_transfers, console_static
 
     ctx = ApiContext(service, request_timeout_s=request_timeout_s)
     app = FastAPI(title="xferd", version="1", summary="Attended-transfer control API")
@@ -232,6 +232,7 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     app.include_router(api_transfers.routes(ctx))
     app.include_router(api_rules.routes(ctx))
     app.include_router(api_calls.routes(ctx))
+    console_static.mount(app)  # the supervisor console's page and files (/console/)
     _webhooks(app, ctx)
     return app
 
