@@ -17,6 +17,7 @@ calls).
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -25,11 +26,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
 from adapters.service.audit import AuditLog, AuditMiddleware
 from adapters.service.logs import get_logger
 from adapters.service.roles import Principal, Role
+from adapters.service.sessions import CSRF_HEADER, SESSION_COOKIE, SessionError, Sessions
 from adapters.service.store import StoreError
 from engine.errors import Rejected
 
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 
 log = get_logger("xferd.api")
 
+#: Finished transfers (per PBX, newest first) in a stream snapshot: the console's history.
+RECENT_IN_SNAPSHOT = 100
 _STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -62,6 +67,9 @@ class ApiContext:
         self.hub = service.hub
         self.users = service.users
         self.metrics = service.metrics
+        api = service.config.api
+        secret = api.session_secret.get_secret_value() if api.session_secret is not None else None
+        self.sessions = Sessions(self.users, secret=secret, ttl_s=api.session_ttl_s)
         # The adapter answers within its own request timeout; wait a little longer than that.
         self.result_timeout_s = request_timeout_s + 2.0
 
@@ -113,6 +121,23 @@ class ApiContext:
             provided = query_token or ""
         return self.users.by_token(provided)
 
+    def authenticate_request(self, request: HTTPConnection) -> Principal | None:
+        """The principal of a request or websocket: its bearer token (or ``?token=``), else its
+        console session cookie — then state-changing methods must carry the CSRF header
+        (:mod:`adapters.service.sessions`).  An expired session or a CSRF failure raises ApiError."""
+        authorization = request.headers.get("authorization")
+        cookie = request.cookies.get(SESSION_COOKIE)
+        query_token = request.query_params.get("token") if request.scope["type"] == "websocket" else None
+        if authorization or query_token or cookie is None:
+            return self.authenticate(authorization, query_token)
+        try:
+            session = self.sessions.check(cookie)
+            if request.scope["type"] == "http":
+                self.sessions.check_csrf(session, request.scope["method"], request.headers.get(CSRF_HEADER))
+        except SessionError as exc:
+            raise ApiError(exc.status, exc.code, exc.detail) from None
+        return session.principal
+
     def requires(self, role: Role) -> Any:
         """A dependency: the request's principal, 401 without one, 403 if its role is below ``role``."""
 
@@ -121,7 +146,7 @@ class ApiContext:
             request: Request,
             authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
         ) -> Principal:
-            found = self.authenticate(authorization)
+            found = self.authenticate_request(request)
             if found is None:
                 raise ApiError(401, "unauthorized", "send the API token as 'Authorization: Bearer <token>'")
             request.scope.setdefault("state", {})["principal"] = found
@@ -138,7 +163,7 @@ class ApiContext:
 
 def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     """The control API for ``service`` (every PBX it drives)."""
-    from adapters.service import api_calls, api_rules, api_transfers, console_static
+    from adapters.service import api_calls, api_console, api_rules, api_transfers, console_static
 
     ctx = ApiContext(service, request_timeout_s=request_timeout_s)
     app = FastAPI(title="xferd", version="1", summary="Attended-transfer control API")
@@ -151,30 +176,8 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        pbxs = []
-        for name, unit in ctx.units.items():
-            adapter = unit.adapter
-            pbxs.append(
-                {
-                    "name": name,
-                    "pbx": "connected" if adapter.connected else "disconnected",
-                    "platform": adapter.platform,
-                    "capabilities": list(adapter.capabilities),
-                    "detail": adapter.detail,
-                }
-            )
-        connected = all(p["pbx"] == "connected" for p in pbxs)
-        platforms = {p["platform"] for p in pbxs}
-        capabilities = [c for c in pbxs[0]["capabilities"] if all(c in p["capabilities"] for p in pbxs)]
-        body: dict[str, Any] = {
-            "status": "ok" if connected else "degraded",
-            "pbx": "connected" if connected else "disconnected",
-            "platform": platforms.pop() if len(platforms) == 1 else "mixed",
-            "capabilities": capabilities,
-            "detail": pbxs[0]["detail"] if len(pbxs) == 1 else _links(pbxs),
-            "pbxs": pbxs,
-        }
-        return JSONResponse(body, 200 if connected else 503)
+        body = health(ctx)
+        return JSONResponse(body, 200 if body["status"] == "ok" else 503)
 
     @app.get("/metrics", dependencies=viewer)
     async def metrics() -> Response:
@@ -191,10 +194,20 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
         return {"items": await ctx.store.audit_list(limit, transfer_id=transfer_id, actor=actor)}
 
     @app.websocket("/v1/stream")
-    async def stream(websocket: WebSocket, pbx: Annotated[str | None, Query(max_length=32)] = None) -> None:
-        principal = ctx.authenticate(
-            websocket.headers.get("authorization"), websocket.query_params.get("token")
-        )
+    async def stream(
+        websocket: WebSocket,
+        pbx: Annotated[str | None, Query(max_length=32)] = None,
+        snapshot: Annotated[bool, Query()] = False,
+    ) -> None:
+        try:
+            principal = ctx.authenticate_request(websocket)
+        except ApiError as exc:
+            await websocket.send_denial_response(JSONResponse({"error": exc.code, "detail": exc.detail}, 401))
+            return
+        if principal is not None and principal.via == "session" and not same_origin(websocket):
+            denial = {"error": "forbidden", "detail": "the stream's Origin is not this service"}
+            await websocket.send_denial_response(JSONResponse(denial, 403))
+            return
         if principal is None:
             denial = {"error": "unauthorized", "detail": "send the API token as a Bearer header or ?token="}
             await websocket.send_denial_response(JSONResponse(denial, 401))
@@ -204,7 +217,9 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
             await websocket.send_denial_response(JSONResponse(denial, 422))
             return
         await websocket.accept()
-        subscription = ctx.hub.subscribe(pbx)
+        subscription = ctx.hub.subscribe(pbx, conflated=True)
+        # Built right after subscribing, with no await between: every change after it is queued.
+        first = stream_snapshot(ctx, pbx) if snapshot else None
 
         async def watch_disconnect() -> None:
             # Clients only listen; reading is how we notice they left.
@@ -217,8 +232,13 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
 
         watcher = asyncio.create_task(watch_disconnect())
         try:
-            while (message := await subscription.get()) is not None:
-                await websocket.send_text(message)
+            if first is not None:
+                await websocket.send_text(first)
+            while (batch := await subscription.batch()) is not None:
+                for n, message in enumerate(batch, 1):
+                    await websocket.send_text(message)
+                    if n % 64 == 0:
+                        await asyncio.sleep(0)  # a long batch must not hold the loop: frames wait
             if watcher.done():
                 return  # the client left
             # 1013 "try again later": the client fell behind; 1001: the service is stopping.
@@ -232,9 +252,61 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     app.include_router(api_transfers.routes(ctx))
     app.include_router(api_rules.routes(ctx))
     app.include_router(api_calls.routes(ctx))
+    app.include_router(api_console.routes(ctx))
     console_static.mount(app)  # the supervisor console's page and files (/console/)
     _webhooks(app, ctx)
     return app
+
+
+def health(ctx: ApiContext) -> dict[str, Any]:
+    """The ``/healthz`` body (also the stream snapshot's ``health``)."""
+    pbxs = []
+    for name, unit in ctx.units.items():
+        adapter = unit.adapter
+        pbxs.append(
+            {
+                "name": name,
+                "pbx": "connected" if adapter.connected else "disconnected",
+                "platform": adapter.platform,
+                "capabilities": list(adapter.capabilities),
+                "detail": adapter.detail,
+            }
+        )
+    connected = all(p["pbx"] == "connected" for p in pbxs)
+    platforms = {p["platform"] for p in pbxs}
+    capabilities = [c for c in pbxs[0]["capabilities"] if all(c in p["capabilities"] for p in pbxs)]
+    body: dict[str, Any] = {
+        "status": "ok" if connected else "degraded",
+        "pbx": "connected" if connected else "disconnected",
+        "platform": platforms.pop() if len(platforms) == 1 else "mixed",
+        "capabilities": capabilities,
+        "detail": pbxs[0]["detail"] if len(pbxs) == 1 else _links(pbxs),
+        "pbxs": pbxs,
+    }
+    return body
+
+
+def stream_snapshot(ctx: ApiContext, pbx: str | None) -> str:
+    """The stream's first message with ``?snapshot=1``: every live transfer and call, the
+    recently finished transfers, and health."""
+    runtimes = ctx.runtimes(pbx)
+    transfers = [t for runtime in runtimes for t in runtime.live_transfers()]
+    live = {t["id"] for t in transfers}
+    transfers += [
+        dict(t) for r in runtimes for t in r.recent_finished()[:RECENT_IN_SNAPSHOT] if t["id"] not in live
+    ]
+    calls = [call for runtime in runtimes for call in runtime.calls()]
+    message = {"kind": "snapshot", "transfers": transfers, "calls": calls, "health": health(ctx)}
+    return json.dumps(message, separators=(",", ":"), default=str)
+
+
+def same_origin(connection: HTTPConnection) -> bool:
+    """A websocket opened with the session cookie must come from a page of this service
+    (browsers send ``Origin``; cookies alone would let any site's script open the stream)."""
+    origin = connection.headers.get("origin")
+    if origin is None:
+        return True  # not a browser
+    return origin.partition("://")[2].rstrip("/") == connection.headers.get("host", "")
 
 
 def _links(pbxs: Sequence[dict[str, Any]]) -> str:

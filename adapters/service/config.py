@@ -43,6 +43,7 @@ SECRET_ENV: dict[str, tuple[str, str]] = {
     "XFERD_PBX_REFRESH_TOKEN": ("pbx", "refresh_token"),
     "XFERD_WEBHOOK_SECRET": ("pbx", "webhook_secret"),
     "XFERD_API_TOKEN": ("api", "token"),
+    "XFERD_API_SESSION_SECRET": ("api", "session_secret"),
 }
 #: The PBX keys that may come from the environment, per ``[[pbx]]`` entry.
 PBX_SECRET_KEYS: tuple[str, ...] = (
@@ -240,6 +241,12 @@ class ApiConfig(_Table):
     are configured, when `listen` is not a loopback address."""
     users: tuple[UserConfig, ...] = ()
     """The users allowed to use the API, each with a role and a token (`[[api.users]]`)."""
+    session_secret: Secret | None = None
+    """Signs the console's session cookies (`XFERD_API_SESSION_SECRET`). Unset: a random key per
+    process, so sessions end when the service restarts; instances that share one address (HA)
+    need the same secret to accept each other's sessions."""
+    session_ttl_s: Seconds = 28800.0
+    """How long a console login lasts (seconds; default 8 hours); then the page asks again."""
 
     @field_validator("users")
     @classmethod

@@ -3,18 +3,38 @@
 Theory of operation
 -------------------
 Runtimes (one per PBX connection) publish each transfer change and call
-change as one JSON message.  The hub serialises it once and puts it on every
-subscriber's bounded queue without waiting: a slow client must never slow
-the feed, so a client whose queue is full is dropped (its socket is closed
-with 1013 "try again later"; it reconnects and reads the current state from
-the API).  With no subscriber, publishing costs one ``if``.
+change as one JSON message.  The hub serialises it once and hands it to
+every subscriber without waiting: a slow client must never slow the feed,
+so a client that falls too far behind is dropped (its socket is closed with
+1013 "try again later"; it reconnects and reads the current state again).
+With no subscriber, publishing costs one ``if``.
+
+There are two kinds of subscribers:
+
+*Plain* subscriptions (in-process readers: the demo, tests) get every
+message, in order, on a bounded queue of ``queue_size`` messages.
+
+*Conflated* subscriptions (the ``/v1/stream`` websocket clients) get
+per-call changes at most once per ``interval_s`` (0.1 s: ≤ 10 changes per
+second per call per client), latest wins; transfer changes (and rule
+notices) are never conflated or dropped.  Conflation happens once, in the
+hub, not per client: published messages collect in one ordered buffer (a
+call's newer change replaces its older one and moves to the end), and a
+timer flushes the buffer every ``interval_s`` while it holds anything,
+putting the same tuple of messages on every conflated client's queue.  So a
+publish costs the same with 1 or 50 browsers attached, and each client's
+sender wakes at most ten times a second.  A conflated client with more than
+``batches`` flushes waiting (it is that many ticks behind) is dropped like a
+slow plain one.  The first flush after a subscription may repeat changes
+that its snapshot already shows (published just before it subscribed):
+harmless, as each message carries the whole state of its call or transfer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from typing import Any
 
 from adapters.service.logs import get_logger
@@ -22,23 +42,50 @@ from adapters.service.metrics import Metrics
 
 log = get_logger("xferd.stream")
 
+#: Seconds between flushes of conflated changes (so ≤ 10 per second per call per client).
+CONFLATE_INTERVAL_S = 0.1
+#: Flushes a conflated client may have waiting before it is dropped (seconds behind × 10).
+CONFLATED_BATCHES = 30
+
 
 class Subscription:
     """One live-stream client's bounded queue of JSON messages.
 
     ``None`` is the end marker: the client fell behind (or the service is
     stopping) and must be disconnected; it can reconnect and read the
-    current state from the API.
+    current state from the API.  A conflated subscription's queue holds
+    tuples of messages (one per flush) instead of single messages.
     """
 
-    def __init__(self, size: int, pbx: str | None = None) -> None:
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(size)
+    def __init__(self, size: int, pbx: str | None = None, *, conflated: bool = False) -> None:
+        self.queue: asyncio.Queue[Any] = asyncio.Queue(size)
         self.overflowed = False
         #: Only this PBX's messages (None: every PBX's).
         self.pbx = pbx
+        self.conflated = conflated
 
     async def get(self) -> str | None:
-        return await self.queue.get()
+        """The next message (plain subscriptions)."""
+        item: str | None = await self.queue.get()
+        return item
+
+    async def batch(self) -> list[str] | None:
+        """Every message waiting (at least one; waits for it), or None at the end."""
+        item = await self.queue.get()
+        texts: list[str] = []
+        while True:
+            if item is None:
+                if texts:  # deliver what came before the end marker; the next call ends
+                    self.queue.put_nowait(None)
+                    return texts
+                return None
+            if isinstance(item, str):
+                texts.append(item)
+            else:
+                texts.extend(item)
+            if self.queue.empty():
+                return texts
+            item = self.queue.get_nowait()
 
     def end(self) -> None:
         while not self.queue.empty():
@@ -49,23 +96,37 @@ class Subscription:
 class Hub:
     """Subscribers of the live stream, shared by every runtime of a service."""
 
-    def __init__(self, metrics: Metrics, *, queue_size: int = 256) -> None:
+    def __init__(
+        self, metrics: Metrics, *, queue_size: int = 256, interval_s: float = CONFLATE_INTERVAL_S
+    ) -> None:
         self.metrics = metrics
         self.queue_size = queue_size
+        self.interval_s = interval_s
+        self.batches = CONFLATED_BATCHES
         self._subscribers: set[Subscription] = set()
+        self._plain: set[Subscription] = set()
+        self._conflated: set[Subscription] = set()
+        # Waiting for the next flush: call key → (text, pbx), others under a sequence number.
+        self._pending: dict[Hashable, tuple[str, str | None]] = {}
+        self._seq = 0
+        self._flush_handle: asyncio.TimerHandle | None = None
 
     def __bool__(self) -> bool:
         """True while someone reads the stream (building a message is then worth it)."""
         return bool(self._subscribers)
 
-    def subscribe(self, pbx: str | None = None) -> Subscription:
-        subscription = Subscription(self.queue_size, pbx)
+    def subscribe(self, pbx: str | None = None, *, conflated: bool = False) -> Subscription:
+        size = self.batches if conflated else self.queue_size
+        subscription = Subscription(size, pbx, conflated=conflated)
         self._subscribers.add(subscription)
+        (self._conflated if conflated else self._plain).add(subscription)
         self.metrics.stream_clients.set(len(self._subscribers))
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
         self._subscribers.discard(subscription)
+        self._plain.discard(subscription)
+        self._conflated.discard(subscription)
         self.metrics.stream_clients.set(len(self._subscribers))
 
     def publish(self, message: Mapping[str, Any], pbx: str | None = None) -> None:
@@ -73,21 +134,62 @@ class Hub:
         if not self._subscribers:
             return
         text = json.dumps(message, separators=(",", ":"), default=str)
-        for subscription in list(self._subscribers):
+        for subscription in list(self._plain):
             if pbx is not None and subscription.pbx is not None and subscription.pbx != pbx:
                 continue
             try:
                 subscription.queue.put_nowait(text)
             except asyncio.QueueFull:
-                # A slow consumer must never slow the feed: drop it.
-                self.unsubscribe(subscription)
-                subscription.overflowed = True
-                subscription.end()
-                self.metrics.stream_dropped.inc()
-                log.warning("stream_client_dropped", reason="queue full")
+                self._drop(subscription)
+        if not self._conflated:
+            return
+        key: Hashable
+        if message.get("kind") == "call":
+            key = (pbx, message["call"].get("call_id"))
+            self._pending.pop(key, None)  # latest wins, and moves to the end
+        else:
+            self._seq += 1
+            key = self._seq
+        self._pending[key] = (text, pbx)
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(self.interval_s, self._flush)
+
+    def _flush(self) -> None:
+        """Hand what collected since the last flush to every conflated subscriber."""
+        self._flush_handle = None
+        pending, self._pending = self._pending, {}
+        if not pending or not self._conflated:
+            return
+        every = tuple(text for text, _ in pending.values())
+        of_pbx: dict[str, tuple[str, ...]] = {}
+        for subscription in list(self._conflated):
+            batch = every
+            if subscription.pbx is not None:
+                only = subscription.pbx
+                if only not in of_pbx:
+                    of_pbx[only] = tuple(text for text, pbx in pending.values() if pbx in (None, only))
+                batch = of_pbx[only]
+                if not batch:
+                    continue
+            try:
+                subscription.queue.put_nowait(batch)
+            except asyncio.QueueFull:
+                self._drop(subscription)
+
+    def _drop(self, subscription: Subscription) -> None:
+        # A slow consumer must never slow the feed: drop it.
+        self.unsubscribe(subscription)
+        subscription.overflowed = True
+        subscription.end()
+        self.metrics.stream_dropped.inc()
+        log.warning("stream_client_dropped", reason="queue full")
 
     def close(self) -> None:
         """End every subscription (the service is stopping)."""
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._pending.clear()
         for subscription in list(self._subscribers):
             self.unsubscribe(subscription)
             subscription.end()

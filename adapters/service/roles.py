@@ -96,6 +96,7 @@ class Users:
         for user in users:
             self._by_hash[user.token_hash] = user
         self._admin_token = admin_token
+        self._admin_hash = hash_token(admin_token) if admin_token is not None else None
         #: No token and no users: the API is open (loopback only, enforced by the config).
         self.open = admin_token is None and not self._by_hash
 
@@ -108,6 +109,16 @@ class Users:
         if self._admin_token is not None and hmac.compare_digest(token.encode(), self._admin_token.encode()):
             return Principal("admin", "admin")
         user = self._by_hash.get(hash_token(token))
+        return Principal(user.name, user.role) if user is not None else None
+
+    def by_hash(self, token_hash: str) -> Principal | None:
+        """The principal whose token hashes to ``token_hash`` (a console session keeps the hash,
+        never the token: changing a user's token ends their sessions)."""
+        if self.open:
+            return ANONYMOUS
+        if self._admin_hash is not None and hmac.compare_digest(token_hash, self._admin_hash):
+            return Principal("admin", "admin")
+        user = self._by_hash.get(token_hash)
         return Principal(user.name, user.role) if user is not None else None
 
     def names(self) -> list[str]:

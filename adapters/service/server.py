@@ -83,7 +83,7 @@ def build_adapter(
 
 def secrets_of(config: Config) -> list[str]:
     """Every secret value in ``config`` (for the log redactor)."""
-    values = [config.api.token]
+    values = [config.api.token, config.api.session_secret]
     for pbx in config.pbx:
         if pbx.kind == "yeastar":
             values += [pbx.client_secret]
