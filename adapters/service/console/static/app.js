@@ -41,6 +41,7 @@ const app = {
   errors: new Map(), // same keys → the API's sentence of the last refusal
   timelines: new Map(), // transfer id → {updated_at, entries | null, loading}
   fetched: new Map(), // transfers read by id (an audit entry's), not in the live state
+  lastTransfer: new Map(), // call key → the transfer last shown on it (kept once final)
   audit: [],
   auditError: "",
   parked: [],
@@ -250,6 +251,15 @@ async function loadAudit() {
     app.auditError = error.detail || String(error);
   }
   app.redraw("audit");
+}
+
+/** Whether the session still holds; a 401 shows the login view (api.js). */
+async function checkSession() {
+  try {
+    await api("GET", "/console/me");
+  } catch {
+    /* 401 is handled by api.js; anything else: the stream's banner says it */
+  }
 }
 
 async function loadHealth() {
@@ -619,6 +629,7 @@ function onKey(event) {
 }
 
 function refresh() {
+  checkSession();
   if (app.tab === "audit") loadAudit();
   loadParked();
   loadHealth();
@@ -717,6 +728,7 @@ function signedIn(me) {
   loadHealth();
   app.timers.push(setInterval(() => tick(), 1000));
   app.timers.push(setInterval(loadHealth, 15000));
+  app.timers.push(setInterval(checkSession, 60000)); // an expired session goes back to the login
 }
 
 /** The help overlay's rows for what this role may do. */

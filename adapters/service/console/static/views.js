@@ -346,12 +346,24 @@ export function renderDetail(app) {
   }
   if (selection.kind === "call") {
     const call = app.state.calls.get(selection.key);
+    // A transfer this call just had stays shown once final: its outcome is what one looks for.
+    const lastId = app.lastTransfer.get(selection.key);
+    const last = lastId ? app.transferById(lastId) : null;
     if (!call) {
-      fill(el, h("div", { class: "placeholder" }, h("p", null, "This call has ended.")));
+      fill(
+        el,
+        h("div", { class: "placeholder" }, h("p", null, "This call has ended.")),
+        last ? transferCard(app, last) : null,
+      );
       return;
     }
     const transfer = app.state.transferOfCall(call);
-    fill(el, callCard(app, call, transfer), transfer ? transferCard(app, transfer) : startCard(app, call));
+    if (transfer) app.lastTransfer.set(call.key, transfer.id);
+    fill(
+      el,
+      callCard(app, call, transfer),
+      transfer ? transferCard(app, transfer) : [last && isFinal(last) ? transferCard(app, last) : null, startCard(app, call)],
+    );
     return;
   }
   const transfer = app.transferById(selection.id);

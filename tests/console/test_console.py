@@ -1,0 +1,239 @@
+"""The supervisor console in a real browser, against ``xferd run`` and the Yeastar simulator.
+
+What a supervisor does with it: log in, see a call appear, start an attended
+transfer from the page, watch the target ring and answer, complete it from the
+keyboard, and find the final state and the audit entry; that a viewer has no
+button to act (and the API refuses the viewer anyway); that the page recovers
+by itself when the stream drops; that two supervisors clicking complete at once
+send the PBX exactly one complete; and that a call action (listen) reaches the PBX.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import pytest_asyncio
+
+from adapters.yeastar.simulator import PbxSimulator, Phone
+from tests.console.conftest import USERS, Console, Xferd, console_config, expect, extension
+from tests.service.conftest import until_http
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
+
+
+def requests_to(sim: PbxSimulator, endpoint: str, **fields: str) -> list[dict[str, object]]:
+    """The bodies the simulator received at ``endpoint`` that carry ``fields``."""
+    return [
+        r.body
+        for r in sim.requests
+        if r.endpoint == endpoint and all(r.body.get(k) == v for k, v in fields.items())
+    ]
+
+
+async def test_attended_transfer_from_the_page_completed_by_keyboard(context, xf: Xferd) -> None:
+    agent, target = extension(xf.sim), extension(xf.sim, Phone(answer_after=3.0))
+    console = await Console.open(context, xf, "sue")
+    page = console.page
+
+    channel = await xf.call_in(agent)
+    await expect(console.row(agent)).to_be_visible()
+    await expect(console.row(agent)).to_contain_text("talking")
+    await console.select_call(agent)
+
+    # t: the transfer dialog; type the target, Enter starts an attended transfer.
+    await page.keyboard.press("t")
+    await expect(page.locator("#dialog")).to_be_visible()
+    await page.keyboard.type(target)
+    await page.keyboard.press("Enter")
+    card = console.transfer_card()
+    await expect(card).to_have_attribute("data-state", "consulting")
+    await expect(card).to_contain_text("ringing")
+    await expect(card).to_contain_text("sue (console)")
+    transfer_id = await card.get_attribute("data-transfer")
+    assert transfer_id
+    if (await xf.transfer(transfer_id)).get("no_answer_at"):
+        await expect(card.locator("[data-deadline]")).to_contain_text("no answer in")
+    await expect(card).to_contain_text("answered")
+    # Only what the transfer allows now is offered.
+    await expect(card.locator("button[data-op]")).to_have_count(4)
+    assert xf.sim.operate_count("complete") == 0
+
+    await page.keyboard.press("c")
+    await expect(card).to_have_attribute("data-state", "completed")
+    await expect(card).to_contain_text("by an operator")
+    await expect(card.locator("button[data-op]")).to_have_count(0)
+    assert xf.sim.operate_count("complete") == 1
+    assert requests_to(xf.sim, "call/transfer", channel_id=channel, number=target)
+
+    # The timeline tells the story; the history and the audit log have it.
+    await expect(card.locator(".timeline")).to_contain_text("complete")
+    await page.keyboard.press("g")
+    await page.keyboard.press("h")
+    await expect(page.locator(f'#history-body tr[data-transfer="{transfer_id}"]')).to_contain_text("completed")
+    await page.keyboard.press("g")
+    await page.keyboard.press("a")
+    audit = page.locator("#audit-body tr", has_text="transfer.complete")
+    await expect(audit.first).to_contain_text("sue")
+    await expect(audit.first).to_contain_text(transfer_id[:8])
+    assert console.errors == []
+
+
+async def test_viewer_sees_calls_but_no_button_and_the_api_refuses(context, xf: Xferd) -> None:
+    agent = extension(xf.sim)
+    console = await Console.open(context, xf, "vera")
+    page = console.page
+    channel = await xf.call_in(agent)
+    await console.select_call(agent)
+    await expect(page.locator("#me")).to_contain_text("viewer")
+    # No action anywhere: no transfer button, no call actions, no audit tab; keys do nothing.
+    await expect(page.locator("#detail button")).to_have_count(0)
+    await expect(page.locator("#tab-audit")).to_be_hidden()
+    await page.keyboard.press("t")
+    await expect(page.locator("#dialog")).to_be_hidden()
+    # The API refuses the viewer's session too (the buttons are not the protection).
+    csrf = await console.csrf()
+    for path, body in (
+        ("/v1/transfers", {"channel_id": channel, "number": "2999"}),
+        (f"/v1/calls/{channel}/hangup", None),
+    ):
+        answer = await page.request.post(
+            f"http://127.0.0.1:{xf.port}{path}", data=body, headers={"X-CSRF-Token": csrf}
+        )
+        assert answer.status == 403, await answer.text()
+        assert "viewer" in (await answer.json())["detail"]
+    assert not requests_to(xf.sim, "call/hangup", channel_id=channel)
+    assert console.errors == []
+
+
+async def test_two_supervisors_complete_at_once_one_complete_reaches_the_pbx(context, browser, xf: Xferd) -> None:
+    agent, target = extension(xf.sim), extension(xf.sim, Phone(answer_after=0.2))
+    await xf.call_in(agent)
+    started = await xf.post("/v1/transfers", {"extension": agent, "number": target})
+    assert started.status_code == 201, started.text
+    transfer_id = started.json()["id"]
+    await xf.state(transfer_id, "consulting", "answered")
+    other = await browser.new_context(viewport={"width": 1440, "height": 900})
+    try:
+        consoles = [await Console.open(context, xf, "sue"), await Console.open(other, xf, "sam")]
+        buttons = []
+        for console in consoles:
+            await console.select_call(agent)
+            button = console.transfer_card().locator('button[data-op="complete"]')
+            await expect(button).to_be_enabled()
+            buttons.append(button)
+        before = xf.sim.operate_count("complete")
+        await asyncio.gather(*(button.click() for button in buttons))
+        for console in consoles:
+            await expect(console.transfer_card()).to_have_attribute("data-state", "completed")
+        final = await xf.final(transfer_id)
+        assert final["state"] == "completed"
+        assert xf.sim.operate_count("complete") - before == 1
+        assert len(requests_to(xf.sim, "call/transfer", attended_operate="complete")) == before + 1
+        # Whoever lost the race was told why, in the API's words (or saw it completed first).
+        for console in consoles:
+            assert console.errors == []
+    finally:
+        await other.close()
+
+
+async def test_listen_button_reaches_the_pbx(context, xf: Xferd) -> None:
+    agent, boss = extension(xf.sim), extension(xf.sim, Phone(answer_after=0.05))
+    console = await Console.open(context, xf, "sue")
+    page = console.page
+    channel = await xf.call_in(agent)
+    await console.select_call(agent)
+    leg = page.locator(f'#detail tr[data-channel="{channel}"]')
+    await leg.locator('button[data-action="listen"]').click()
+    await page.locator("#dialog input[name=monitor]").fill(boss)
+    await page.locator("#dialog input[name=monitor]").press("Enter")
+    await expect(page.locator("#dialog")).to_be_hidden()
+    await expect(page.locator(".toast-ok")).to_contain_text(f"extension {boss} rings")
+    assert requests_to(xf.sim, "call/listen", channel_id=channel, monitor=boss, type="listen")
+    # The supervisor's monitor leg shows on the call.
+    await expect(page.locator('#detail section[aria-label="call"]')).to_contain_text("listening")
+    assert console.errors == []
+
+
+async def test_refusal_shows_the_api_sentence(context, xf: Xferd) -> None:
+    agent = extension(xf.sim)
+    console = await Console.open(context, xf, "otto")
+    page = console.page
+    await xf.call_in(agent)
+    await console.select_call(agent)
+    # An operator: transfer yes, call actions no.
+    await expect(page.locator('#detail button[data-action]')).to_have_count(0)
+    await page.locator("#start-transfer").click()
+    await page.keyboard.type("9" * 70)  # passes the page's check; the API's limit is 64
+    await page.keyboard.press("Enter")
+    error = page.locator("#dialog .error")
+    await expect(error).to_be_visible()
+    await expect(error).to_contain_text("number")
+    assert console.errors == []
+
+
+# -- the stream drops: the service restarts under the page -------------------------------------
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def own_xf(sim: PbxSimulator, tmp_path: Path) -> AsyncIterator[Xferd]:
+    service = await Xferd(console_config(tmp_path, sim), sim).start()
+    yield service
+    await service.close()
+
+
+async def test_stream_drop_page_recovers_without_reload(context, own_xf: Xferd) -> None:
+    xf = own_xf
+    first, second = extension(xf.sim), extension(xf.sim)
+    console = await Console.open(context, xf, "sue")
+    page = console.page
+    await page.evaluate("window.__notReloaded = true")
+    await xf.call_in(first)
+    await expect(console.row(first)).to_be_visible()
+
+    assert await xf.terminate() == 0
+    await expect(page.locator("#banner")).to_be_visible()
+    await expect(page.locator("#banner")).to_contain_text("Reconnecting")
+    await expect(page.locator("#stream-status")).to_have_text("Reconnecting")
+
+    await xf.start()  # same port, same session secret: the page's session is still good
+    await expect(page.locator("#stream-status")).to_have_text("Live", timeout=30_000)
+    await expect(page.locator("#banner")).to_be_hidden()
+    await expect(console.row(first)).to_be_visible()  # re-snapshot: the call is still there
+    await xf.call_in(second)
+    await expect(console.row(second)).to_be_visible()  # and changes flow again
+    assert await page.evaluate("window.__notReloaded") is True
+    assert await xf.terminate() == 0
+    assert console.errors == []
+
+
+async def test_wrong_token_and_expired_session(context, xf: Xferd) -> None:
+    page = await context.new_page()
+    await page.goto(f"http://127.0.0.1:{xf.port}/console/")
+    await page.locator("#login-token").fill("not-a-token")
+    await page.locator("#login-token").press("Enter")
+    await expect(page.locator("#login-error")).to_have_text("Login failed.")
+    console = Console(page)
+    await console.login(xf, "otto")
+    # The session ends under the page (logged out elsewhere): the next request lands on the login.
+    cookies = {c["name"]: c["value"] for c in await context.cookies()}
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{xf.port}", cookies=cookies) as http:
+        answer = await http.post("/console/logout", headers={"X-CSRF-Token": cookies["xferd_csrf"]})
+        assert answer.status_code == 204
+    await context.clear_cookies()
+    await page.keyboard.press("r")  # refresh: asks the API, which says 401
+    await expect(page.locator("#login-view")).to_be_visible()
+    await expect(page.locator("#login-error")).to_contain_text("session has ended")
+    await until_http(lambda r: r.status_code == 200, xf.http, "/healthz", 5)
+
+
+async def test_logout(context, xf: Xferd) -> None:
+    console = await Console.open(context, xf, "sue")
+    await console.page.locator("#logout").click()
+    await expect(console.page.locator("#login-view")).to_be_visible()
+    names = {c["name"] for c in await context.cookies()}
+    assert "xferd_session" not in names
+    assert USERS["sue"][1] not in await console.page.content()  # the token is not kept in the page
