@@ -1,5 +1,5 @@
 // DOM helpers and formatting.  Every value from the PBX or the API reaches the page through
-// h() / text nodes, never through innerHTML: a caller's "name" is text, whatever it contains.
+// h() / text nodes, never parsed as HTML: a caller's "name" is text, whatever it contains.
 
 /**
  * Build an element: h("td", {class: "num", title: x}, "text", childNode, [more, children]).
