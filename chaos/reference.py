@@ -334,6 +334,16 @@ class RefTransfer:
             "policy": self.policy.as_dict(),
             "attempt": self.attempt + 1,
             "initiated_by": "api",
+            # the console's fields: what may be asked now, what is on its way, the countdown
+            "allowed_ops": self.allowed_ops(),
+            "in_flight": self.pending.action if self.pending is not None else None,
+            "no_answer_at": next(
+                (
+                    iso(at)
+                    for at in sorted(at for t, at in self.timers.items() if t.split("#")[0] == "no_answer")
+                ),
+                None,
+            ),
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "history": [{**h, "at": iso(h["at"])} for h in self.history],

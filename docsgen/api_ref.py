@@ -429,6 +429,11 @@ def render() -> str:
         "may: `viewer` < `operator` < `supervisor` < `admin`. Errors are always "
         '`{"error": "<code>", "detail": "<sentence>"}`; the codes are listed [at the end](#error-codes).',
         "",
+        "A browser that logged in with `POST /console/login` sends its session cookie instead of the "
+        "header (`/v1/stream` too); with the cookie, state-changing requests also need the header "
+        "`X-CSRF-Token` equal to the `xferd_csrf` cookie (else 403). See "
+        "[console sessions](../guides/users-and-roles.md#console-sessions).",
+        "",
         'With several PBXs configured, a request names its PBX with `"pbx": "<name>"` in the body or '
         "`?pbx=<name>` on reads; with one PBX it may be left out. A transfer id names its PBX by itself.",
         "",

@@ -221,10 +221,18 @@ class Transfer:
             "policy": self.policy.as_dict(),
             "attempt": self.attempt + 1,
             "initiated_by": self.initiated_by,
+            "allowed_ops": self.allowed_ops(),
+            "in_flight": self.pending.action if self.pending is not None else None,
+            "no_answer_at": self._no_answer_at(),
             "created_at": iso(self.created_at),
             "updated_at": iso(self.updated_at),
             "history": [{**h, "at": iso(h["at"])} for h in self.history],
         }
+
+    def _no_answer_at(self) -> str | None:
+        """When the armed no-answer timer fires (the console's countdown), or None."""
+        due = [at for tag, at in self.timers.items() if tag.startswith("no_answer#")]
+        return iso(min(due)) if due else None
 
     # ------------------------------------------------------------------
     # stimuli (called by the engine)

@@ -170,6 +170,7 @@ def test_api_reference_lists_every_route_with_its_role() -> None:
     assert roles[("GET", "/v1/transfers")] == "viewer"
     assert roles[("GET", "/v1/audit")] == "supervisor"
     public = {"/healthz", "/v1/stream", "/v1/webhooks/webex", "/v1/webhooks/webex/{pbx}"}
+    public |= {"/console/login", "/console/logout", "/console/me"}  # the console's own session
     assert {path for (_, path), role in roles.items() if role is None} == public
     page_roles = re.findall(r"## `(\S+) (\S+)`\n\n(?:.*\n\n)?\*\*Authentication:\*\* role `(\w+)`", page)
     assert ("POST", "/v1/transfers", "operator") in page_roles
