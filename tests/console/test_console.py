@@ -146,7 +146,7 @@ async def test_listen_button_reaches_the_pbx(context, xf: Xferd) -> None:
     page = console.page
     channel = await xf.call_in(agent)
     await console.select_call(agent)
-    leg = page.locator(f'#detail tr[data-channel="{channel}"]')
+    leg = page.locator(f'#detail tbody[data-channel="{channel}"]')
     await leg.locator('button[data-action="listen"]').click()
     await page.locator("#dialog input[name=monitor]").fill(boss)
     await page.locator("#dialog input[name=monitor]").press("Enter")

@@ -29,6 +29,7 @@ export class LiveState {
     this.history = []; // finished transfers, newest first
     this.health = null;
     this.byChannel = new Map(); // channel id → active transfer id
+    this.callOf = new Map(); // channel id → key of the call it is in (a leg is in one call)
     this.changed = new Set(); // "calls" | "transfers" | "history" | "health"
     this.snapshotAt = 0;
   }
@@ -37,6 +38,7 @@ export class LiveState {
   applySnapshot(message, now = Date.now()) {
     const previous = this.calls;
     this.calls = new Map();
+    this.callOf = new Map();
     for (const call of message.calls || []) this.upsertCall(call, now, false, previous);
     this.transfers = new Map();
     for (const transfer of message.transfers || []) {
@@ -55,7 +57,7 @@ export class LiveState {
       const call = message.call;
       const key = `${call.pbx ?? ""}|${call.call_id}`;
       const live = (call.members || []).filter((m) => m.status !== "BYE");
-      if (live.length === 0) this.calls.delete(key);
+      if (live.length === 0) this.dropCall(key);
       else this.upsertCall(call, now, true, this.calls);
       this.changed.add("calls");
     } else if (message.kind === "transfer" && message.transfer) {
@@ -118,6 +120,24 @@ export class LiveState {
       }
       legs.set(member.channel_id, { ...member, since, exact });
     }
+    // A leg that moved here (a consultation re-reports the transferor under its new call id)
+    // leaves the call it was in: a channel is in one call only.
+    for (const channel of legs.keys()) {
+      const was = this.callOf.get(channel);
+      if (was !== undefined && was !== key) {
+        const other = this.calls.get(was);
+        if (other) {
+          other.legs.delete(channel);
+          if (other.legs.size === 0) this.calls.delete(was);
+        }
+      }
+      this.callOf.set(channel, key);
+    }
+    if (before) {
+      for (const channel of before.legs.keys()) {
+        if (!legs.has(channel) && this.callOf.get(channel) === key) this.callOf.delete(channel);
+      }
+    }
     const started = parseTime(call.started_at);
     this.calls.set(key, {
       key,
@@ -127,6 +147,13 @@ export class LiveState {
       started: started ?? (before ? before.started : now),
       exact: started !== null ? true : before ? before.exact : observed,
     });
+  }
+
+  dropCall(key) {
+    const call = this.calls.get(key);
+    if (!call) return;
+    for (const channel of call.legs.keys()) if (this.callOf.get(channel) === key) this.callOf.delete(channel);
+    this.calls.delete(key);
   }
 
   reindex() {
@@ -147,9 +174,8 @@ export class LiveState {
 
   /** A call one of whose legs is `channel`. */
   callOfChannel(channel) {
-    if (!channel) return null;
-    for (const call of this.calls.values()) if (call.legs.has(channel)) return call;
-    return null;
+    const key = channel ? this.callOf.get(channel) : undefined;
+    return key === undefined ? null : (this.calls.get(key) ?? null);
   }
 
   transfer(id) {

@@ -117,7 +117,7 @@ function holdCell(call) {
   const held = legs(call).filter((leg) => leg.status === "HOLD");
   if (!held.length) return "";
   const longest = held.reduce((a, b) => (a.since <= b.since ? a : b));
-  return h("span", { class: "hold" }, "⏸ ", since(longest.since, longest.exact));
+  return h("span", { class: "hold", title: "on hold for" }, h("span", { class: "pause", "aria-hidden": "true" }), since(longest.since, longest.exact));
 }
 
 export function renderCalls(app) {
@@ -392,13 +392,13 @@ function callCard(app, call, transfer) {
     h(
       "table",
       { class: "legs" },
-      h(
-        "tbody",
-        null,
-        legs(call).map((leg) =>
+      legs(call).map((leg) =>
+        h(
+          "tbody",
+          { dataset: { channel: leg.channel_id } },
           h(
             "tr",
-            { dataset: { channel: leg.channel_id } },
+            null,
             h("td", null, h("span", { class: "kind" }, KIND_LABELS[leg.kind] ?? leg.kind)),
             h(
               "td",
@@ -408,16 +408,20 @@ function callCard(app, call, transfer) {
             ),
             h(
               "td",
-              null,
+              { class: "status" },
               legPill(leg.status),
               leg.monitoring ? [" ", pill(`${leg.mode || "monitor"}ing`, "info", `monitoring ${leg.monitoring}`)] : null,
               transfer ? roleTag(transfer, leg.channel_id) : null,
             ),
             h("td", { class: "dur" }, since(leg.since, leg.exact)),
-            acting && actions.length
-              ? h(
+          ),
+          acting && actions.length
+            ? h(
+                "tr",
+                { class: "leg-actions" },
+                h(
                   "td",
-                  { class: "actions" },
+                  { colspan: 4 },
                   actions.map((a) =>
                     h(
                       "button",
@@ -431,9 +435,9 @@ function callCard(app, call, transfer) {
                       a.label,
                     ),
                   ),
-                )
-              : null,
-          ),
+                ),
+              )
+            : null,
         ),
       ),
     ),
