@@ -148,7 +148,6 @@ function draw() {
     if (all || changed.has("audit")) renderAudit(app);
   }
   if (all || changed.size) renderDetail(app);
-  if (changed.has("calls")) parkedSoon();
 }
 
 // -- the stream ------------------------------------------------------------------------
@@ -218,17 +217,6 @@ async function loadHistory() {
   } catch {
     /* the history fills from the stream */
   }
-}
-
-let parkedTimer = 0;
-
-/** Refresh the parked list a moment after calls changed (a park shows as call changes). */
-function parkedSoon() {
-  if (parkedTimer || !app.can("supervisor") || !app.capable("parked") || app.tab !== "live") return;
-  parkedTimer = setTimeout(() => {
-    parkedTimer = 0;
-    loadParked();
-  }, 1500);
 }
 
 async function loadParked() {
@@ -728,6 +716,8 @@ function signedIn(me) {
   loadHealth();
   app.timers.push(setInterval(() => tick(), 1000));
   app.timers.push(setInterval(loadHealth, 15000));
+  // The parked list is not in the stream and reading it asks the PBX: now and then, and on "r".
+  app.timers.push(setInterval(() => app.tab === "live" && loadParked(), 30000));
   app.timers.push(setInterval(checkSession, 60000)); // an expired session goes back to the login
 }
 
@@ -773,6 +763,6 @@ async function logout() {
 }
 
 // For the browser tests and for debugging: read-only access to what the page knows.
-window.xferdConsole = { app };
+window.xferdConsole = { app, draw };
 
 boot();
