@@ -27,6 +27,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 from fastapi.responses import FileResponse, RedirectResponse
+from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
@@ -47,17 +48,22 @@ _PAGE_HEADERS = {
 
 
 def mount(app: FastAPI) -> None:
-    """Serve the console on ``app``: ``GET /console/`` and ``/console/static/*``."""
+    """Serve the console on ``app``: ``GET /console/`` and ``/console/static/*``.
 
-    @app.get("/console", include_in_schema=False)
-    async def console_redirect() -> RedirectResponse:
+    Plain Starlette routes, not API routes: the page is not part of the control API (it is
+    in neither the OpenAPI schema nor the API reference, and needs no credential to load —
+    it holds none).
+    """
+
+    async def console_redirect(request: Request) -> RedirectResponse:
         return RedirectResponse("/console/", status_code=308)
 
-    @app.get("/console/", include_in_schema=False)
-    async def console_page() -> FileResponse:
+    async def console_page(request: Request) -> FileResponse:
         """The console's single page (login view and live view)."""
         return FileResponse(CONSOLE_DIR / "index.html", media_type="text/html", headers=_PAGE_HEADERS)
 
+    app.add_route("/console", console_redirect, methods=["GET"], include_in_schema=False)
+    app.add_route("/console/", console_page, methods=["GET"], include_in_schema=False)
     # ``no-cache``: revalidate every load (an upgraded service must not run yesterday's script).
     static = StaticFiles(directory=CONSOLE_DIR / "static", check_dir=False)
     app.mount("/console/static", _NoCache(static), name="console-static")

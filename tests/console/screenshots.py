@@ -95,7 +95,6 @@ async def shoot(page: Page, out: Path, name: str) -> None:
 
 
 async def main(out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
     sim = PbxSimulator()
     await sim.start()
     with tempfile.TemporaryDirectory(prefix="xferd-shots-") as tmp:
@@ -140,4 +139,6 @@ async def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(Path(sys.argv[1]) if len(sys.argv) > 1 else OUT))
+    where = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT
+    where.mkdir(parents=True, exist_ok=True)
+    asyncio.run(main(where))

@@ -73,7 +73,9 @@ async def test_attended_transfer_from_the_page_completed_by_keyboard(context, xf
     await expect(card.locator(".timeline")).to_contain_text("complete")
     await page.keyboard.press("g")
     await page.keyboard.press("h")
-    await expect(page.locator(f'#history-body tr[data-transfer="{transfer_id}"]')).to_contain_text("completed")
+    await expect(page.locator(f'#history-body tr[data-transfer="{transfer_id}"]')).to_contain_text(
+        "completed"
+    )
     await page.keyboard.press("g")
     await page.keyboard.press("a")
     audit = page.locator("#audit-body tr", has_text="transfer.complete")
@@ -109,7 +111,9 @@ async def test_viewer_sees_calls_but_no_button_and_the_api_refuses(context, xf: 
     assert console.errors == []
 
 
-async def test_two_supervisors_complete_at_once_one_complete_reaches_the_pbx(context, browser, xf: Xferd) -> None:
+async def test_two_supervisors_complete_at_once_one_complete_reaches_the_pbx(
+    context, browser, xf: Xferd
+) -> None:
     agent, target = extension(xf.sim), extension(xf.sim, Phone(answer_after=0.2))
     await xf.call_in(agent)
     started = await xf.post("/v1/transfers", {"extension": agent, "number": target})
@@ -165,7 +169,7 @@ async def test_refusal_shows_the_api_sentence(context, xf: Xferd) -> None:
     await xf.call_in(agent)
     await console.select_call(agent)
     # An operator: transfer yes, call actions no.
-    await expect(page.locator('#detail button[data-action]')).to_have_count(0)
+    await expect(page.locator("#detail button[data-action]")).to_have_count(0)
     await page.locator("#start-transfer").click()
     await page.keyboard.type("9" * 70)  # passes the page's check; the API's limit is 64
     await page.keyboard.press("Enter")

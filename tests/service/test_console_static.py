@@ -57,7 +57,11 @@ async def test_every_module_the_page_loads_is_served_as_javascript(http: httpx.A
 
 
 async def test_nothing_outside_the_folder_and_no_inner_html(http: httpx.AsyncClient) -> None:
-    for path in ("/console/static/../../api.py", "/console/static/%2e%2e/%2e%2e/api.py", "/console/static/nope.js"):
+    for path in (
+        "/console/static/../../api.py",
+        "/console/static/%2e%2e/%2e%2e/api.py",
+        "/console/static/nope.js",
+    ):
         answer = await http.get(path)
         assert answer.status_code == 404, path
     # Data reaches the page as text only (the CSP is the second wall, not the first).
