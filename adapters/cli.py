@@ -137,8 +137,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-@command("demo", "play a scripted attended transfer against the built-in PBX simulator")
+@command(
+    "demo",
+    "play a scripted attended transfer against the built-in PBX simulator",
+    arg(
+        "--console",
+        action="store_true",
+        help="keep the service and a busy simulated PBX running for the supervisor console; prints "
+        "its URL and a one-time admin login token; Ctrl-C stops",
+    ),
+    arg(
+        "--port", type=port_number, default=0, metavar="N", help="with --console: the API port (0: any free)"
+    ),
+)
 def demo(args: argparse.Namespace) -> int:
+    if args.console:
+        from adapters.service.demo_console import run_console_demo
+
+        return asyncio.run(run_console_demo(args.port))
     from adapters.service.demo import run_demo
 
     return asyncio.run(run_demo())

@@ -388,6 +388,9 @@ def service_thread(tmp: Path) -> Iterator[str]:
         answered_call(adapter, "c1", "2000")
         answered_call(adapter, "c2", "2001", "5550101")
         box["url"] = service.base_url
+        # A console session made before any fuzzing: fuzzed logins soon trip the rate limit.
+        issued = service.app.state.ctx.sessions.login(API_TOKEN)
+        SESSIONS[service.base_url] = (issued[1], issued[2])
         ready.set()
         while not stop.is_set():  # noqa: ASYNC110 - a thread's stop flag, bounded by the caller
             await asyncio.sleep(0.05)
@@ -458,7 +461,8 @@ def fuzz_api_schema(base_url: str, examples: int, seed: int) -> FuzzStats:
 _paths = st.sampled_from(
     ["/v1/transfers", "/v1/transfers/x", "/v1/transfers/x/complete", "/v1/calls", "/healthz", "/metrics",
      "/v1/stream", "/openapi.json", "/", "/v1/transfers/%00", "/v1/transfers/" + "a" * 3000,
-     "/v1/webhooks/webex", "/v1/transfers/x/../../etc"]
+     "/v1/webhooks/webex", "/v1/transfers/x/../../etc", "/console/login", "/console/logout",
+     "/console/me", "/v1/transfers/x/timeline", "/v1/stream?snapshot=1", "/v1/audit"]
 ) | st.text(alphabet=string.ascii_letters + "/%._-", max_size=40).map(lambda p: "/" + p)  # fmt: skip
 _bodies = (
     st.binary(max_size=300)
@@ -474,15 +478,29 @@ def fuzz_api_raw(base_url: str, examples: int, seed: int) -> FuzzStats:
     """Requests no schema describes: odd methods, paths, headers, bodies; with and without the token."""
     stats = FuzzStats("control_api_raw", "raw requests: any method, odd paths, raw/JSON bodies, "
                       "content types, "
-                      "Authorization and Idempotency-Key headers")  # fmt: skip
+                      "Authorization and Idempotency-Key headers, console session cookies with and "
+                      "without the CSRF header")  # fmt: skip
     with httpx.Client(base_url=base_url, timeout=10) as http:
+        session, csrf = _console_session(http)
 
         @_settings(examples, seed)
         @given(
             method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]),
             path=_paths,
             body=_bodies,
-            auth=st.sampled_from(["good", "none", "wrong", "basic", "empty", "lower"]),
+            auth=st.sampled_from(
+                [
+                    "good",
+                    "none",
+                    "wrong",
+                    "basic",
+                    "empty",
+                    "lower",
+                    "session",
+                    "session-no-csrf",
+                    "bad-cookie",
+                ]
+            ),
             content_type=st.sampled_from(
                 ["application/json", "text/plain", "", "application/x-www-form-urlencoded"]
             ),
@@ -497,6 +515,9 @@ def fuzz_api_raw(base_url: str, examples: int, seed: int) -> FuzzStats:
                 "basic": {"Authorization": "Basic dXNlcjpwYXNz"},
                 "empty": {"Authorization": ""},
                 "none": {},
+                "session": {"Cookie": f"xferd_session={session}; xferd_csrf={csrf}", "X-CSRF-Token": csrf},
+                "session-no-csrf": {"Cookie": f"xferd_session={session}; xferd_csrf={csrf}"},
+                "bad-cookie": {"Cookie": f"xferd_session={session[:-3]}xyz", "X-CSRF-Token": csrf},
             }[auth]
             if content_type:
                 headers["Content-Type"] = content_type
@@ -509,8 +530,17 @@ def fuzz_api_raw(base_url: str, examples: int, seed: int) -> FuzzStats:
                 return
             _check_answer(stats, (method, path, auth, body[:100]), response.status_code, response.content,
                           response.headers.get("content-type", ""), method)  # fmt: skip
+            state_changing = method not in ("GET", "HEAD", "OPTIONS")
             if (
-                auth not in ("good", "lower")
+                (auth == "bad-cookie" or (auth == "session-no-csrf" and state_changing))
+                and path.startswith("/v1/")
+                and not path.startswith("/v1/webhooks")
+                and response.status_code < 300
+            ):
+                stats.crash(f"HTTP {response.status_code} without a valid session and CSRF header",
+                            (method, path, auth))  # fmt: skip
+            if (
+                auth not in ("good", "lower", "session", "session-no-csrf", "bad-cookie")
                 and path.startswith("/v1/")
                 and not path.startswith("/v1/webhooks")
                 and response.status_code not in (401, 404, 405)
@@ -519,6 +549,20 @@ def fuzz_api_raw(base_url: str, examples: int, seed: int) -> FuzzStats:
 
         _run(test, seed)
     return stats
+
+
+#: Console sessions of the services :func:`service_thread` started, by base URL.
+SESSIONS: dict[str, tuple[str, str]] = {}
+
+
+def _console_session(http: httpx.Client) -> tuple[str, str]:
+    """The session cookie and CSRF token the fuzzer sends (logged in before fuzzing began)."""
+    made = SESSIONS.get(str(http.base_url).rstrip("/"))
+    if made is not None:
+        return made
+    response = http.post("/console/login", json={"token": API_TOKEN})
+    response.raise_for_status()
+    return response.cookies["xferd_session"], response.cookies["xferd_csrf"]
 
 
 async def run_fuzzers(examples: int, seed: int) -> list[FuzzStats]:

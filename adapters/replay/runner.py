@@ -63,6 +63,16 @@ from adapters.replay.format import (
     SnapshotLine,
     SuperviseLine,
 )
+from adapters.replay.timeline import (
+    Entry,
+    answer_text,
+    change_text,
+    describe,
+    event_text,
+    short,
+    start_text,
+    timer_text,
+)
 from adapters.yeastar.frames import (
     DATA_NOT_FOUND,
     TOKEN_EXPIRED,
@@ -76,11 +86,8 @@ from engine.errors import Rejected
 from engine.model import (
     AskRule,
     CallChanged,
-    CallEnded,
-    CallFailed,
     CallsSnapshot,
     CallState,
-    CallUpdated,
     CancelTimer,
     Command,
     Event,
@@ -110,16 +117,6 @@ _ANY_REQUEST = PbxRequest("", "", "hangup", "")
 _EPSILON = 1e-6
 #: How a PBX request is recognised in a recording: (action, channel id, number).
 Key = tuple[str, str, str | None]
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One row of a timeline: ``source`` tells ``dest`` something (``dest`` None: a note)."""
-
-    at: float
-    source: str
-    dest: str | None
-    text: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,23 +283,11 @@ def _answers(inputs: Sequence[Input]) -> dict[Key, deque[int]]:
 # ----------------------------------------------------------------------------------
 
 
-def describe(request: PbxRequest) -> str:
-    text = f"{request.action} {request.transfer_id}"
-    if request.number:
-        text += f" → {request.number}"
-    return f"{text} ({request.channel_id})"
-
-
 def describe_pattern(pattern: RequestPattern) -> str:
     text = f"{pattern.action} {pattern.transfer or '*'}"
     if pattern.number:
         text += f" → {pattern.number}"
     return f"{text} ({pattern.channel_id})" if pattern.channel_id else text
-
-
-def _short(request: PbxRequest) -> str:
-    text = f"{request.action} {request.transfer_id}"
-    return f"{text} → {request.number}" if request.number else text
 
 
 def matches(pattern: RequestPattern, request: PbxRequest) -> bool:
@@ -312,26 +297,6 @@ def matches(pattern: RequestPattern, request: PbxRequest) -> bool:
         and pattern.number in (None, request.number)
         and pattern.channel_id in (None, request.channel_id)
     )
-
-
-def _members(members: Iterable[Member]) -> str:
-    return ", ".join(f"{m.number or '?'} {m.status} ({m.channel_id})" for m in members) or "no members"
-
-
-#: The Yeastar event that tells each kind of change, as the timeline names it.
-_YEASTAR_CODES: dict[type, str] = {CallUpdated: "30011 ", CallEnded: "30012 ", CallFailed: "30015 "}
-
-
-def event_text(event: Event, codes: dict[type, str] = _YEASTAR_CODES) -> str:
-    """An engine event as a timeline row; ``codes``: the platform's name for each kind."""
-    code = codes.get(type(event), "")
-    if isinstance(event, CallUpdated):
-        return f"{code}call {event.call_id}: {_members(event.members)}"
-    if isinstance(event, CallEnded):
-        return f"{code}call {event.call_id} ended"
-    if isinstance(event, CallFailed):
-        return f"{code}call {event.call_id} failed: {event.reason or 'no reason'}"
-    return type(event).__name__
 
 
 _FRAME_KINDS = {
@@ -545,8 +510,7 @@ class _Replay:
                 dial_permission=body.dial_permission,
                 policy=body.policy,
             )
-            party = body.channel_id or f"extension {body.extension}"
-            text = f"start {line.transfer}: {party} → {body.number} ({body.type})"
+            text = start_text(line.transfer, body.channel_id, body.extension, body.number, body.type)
         else:
             assert line.op != "start"
             event = OperatorRequested(at=at, transfer_id=line.transfer, op=line.op)
@@ -632,11 +596,7 @@ class _Replay:
     def answered(self, request: PbxRequest, result: RequestFinished) -> None:
         """The platform's answer to ``request``: fed after the current batch."""
         if self.notes:
-            detail = f" (call_id {result.call_id})" if result.call_id else ""
-            if result.outcome == "refused":
-                code = f" errcode {result.errcode}:" if result.errcode else ""
-                detail = f":{code} {result.errmsg}"
-            self.note(result.at, "PBX", "xferd", f"{result.outcome} for {_short(request)}{detail}")
+            self.note(result.at, "PBX", "xferd", answer_text(request, result))
         self.soon.append(result)
 
     # -- the engine ---------------------------------------------------------------
@@ -697,7 +657,7 @@ class _Replay:
             self.note(at, "xferd", "PBX", describe(request))
         if request.transfer_id in self.final:
             self.invariants.append(
-                f"+{self.offset(at):.3f} s: {_short(request)} was made after the transfer had ended"
+                f"+{self.offset(at):.3f} s: {short(request)} was made after the transfer had ended"
             )
         self.pbx.made(request)
 
@@ -707,8 +667,7 @@ class _Replay:
         history = resource.get("history") or []
         if self.notes:
             for entry in history[self.history.get(transfer_id, 0) :]:
-                change = f"{entry['from']} → {entry['to']} ({entry['trigger']})"
-                self.note(self.at, "xferd", None, f"{transfer_id}: {change}")
+                self.note(self.at, "xferd", None, change_text(transfer_id, entry))
         self.history[transfer_id] = len(history)
         self.report.states[transfer_id] = (str(resource.get("state")), resource.get("reason"))
         if command.final:
@@ -722,7 +681,7 @@ class _Replay:
             del self.timers[(transfer_id, tag)]
             self.now = max(self.now, due)
             if self.notes:
-                self.note(due, "xferd", None, f"{transfer_id}: {tag.split('#', 1)[0]} timer fired")
+                self.note(due, "xferd", None, timer_text(transfer_id, tag))
             self.feed(TimerFired(due, transfer_id, tag))
 
     # -- routing rules ----------------------------------------------------------------

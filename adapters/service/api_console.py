@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
@@ -104,5 +104,21 @@ def routes(ctx: ApiContext) -> APIRouter:
         if found is None:
             raise ApiError(401, "unauthorized", "log in at /console first")
         return {"name": found.name, "role": found.role}
+
+    @router.get("/v1/transfers/{transfer_id}/timeline", dependencies=[ctx.requires("viewer")])
+    async def transfer_timeline(
+        transfer_id: Annotated[str, Path(max_length=64)],
+    ) -> dict[str, Any]:
+        """A transfer's story, oldest first: `{"transfer_id", "entries": [{"at", "kind", "text"}]}`
+        (kinds: `client`, `request`, `answer`, `pbx`, `state`, `timer`, `reconcile`, `rule`,
+        `note`) — what `xferd replay --timeline` tells, for a live or a stored transfer."""
+        journal = ctx.service.journal
+        resource = await ctx.fetch(transfer_id)
+        if resource is None and not journal.holds(transfer_id):
+            raise ApiError(404, "not_found", f"no transfer with id {transfer_id}")
+        audit: list[dict[str, Any]] = []
+        if not journal.holds(transfer_id):
+            audit = await ctx.store.audit_list(100, transfer_id=transfer_id)
+        return {"transfer_id": transfer_id, "entries": journal.entries(transfer_id, resource, audit)}
 
     return router

@@ -37,6 +37,7 @@ import structlog
 
 from adapters.base import Clock, PbxAdapter
 from adapters.service.hub import Hub
+from adapters.service.journal import Journal
 from adapters.service.logs import get_logger
 from adapters.service.metrics import Metrics
 from adapters.service.store import StoreError, TransferStore
@@ -71,6 +72,9 @@ RULE_MARKS_S = 86400.0
 
 class Runtime:
     """Feeds the engine, executes its commands, publishes what changed."""
+
+    #: The per-transfer story for the console's timeline (the service sets it; None: not kept).
+    journal: Journal | None = None
 
     def __init__(
         self,
@@ -157,6 +161,8 @@ class Runtime:
             counter = self._event_counters[kind] = self.metrics.events.labels(kind.__name__)
         counter.inc()
         commands = self.engine.handle(event)
+        if self.journal is not None:
+            self.journal.record(event, commands)
         if isinstance(event, TransferRequested):
             self.metrics.transfers_started.labels(event.type).inc()
         self._execute(commands, started)

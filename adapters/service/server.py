@@ -22,6 +22,7 @@ from adapters.replay.recorder import Recorder, RecordingRuntime, Tee
 from adapters.service.api import create_app
 from adapters.service.config import DEFAULT_PBX_NAME, Config, PbxTable
 from adapters.service.hub import Hub
+from adapters.service.journal import Journal
 from adapters.service.logs import get_logger, redactor
 from adapters.service.metrics import Metrics, MetricsObserver
 from adapters.service.roles import User, Users
@@ -145,6 +146,7 @@ class Service:
         redactor.add(secrets_of(config))
         self.store = SqliteStore(config.store.path)
         self.hub = Hub(self.metrics)
+        self.journal = Journal()  # every PBX's transfers' stories (the console's timeline)
         self.users = Users(
             (User(u.name, u.role, u.token_hash) for u in config.api.users),
             config.api.token.get_secret_value() if config.api.token else None,
@@ -191,6 +193,7 @@ class Service:
         else:
             adapter = adapter or build_adapter(pbx, self.observer, credentials)
             runtime = Runtime(engine, adapter, self.store, self.metrics, pbx=pbx.name, hub=self.hub)
+        runtime.journal = self.journal
         return Unit(pbx.name, pbx, adapter, runtime)
 
     def reload_rules(self) -> None:

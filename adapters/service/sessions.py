@@ -63,7 +63,7 @@ SESSION_COOKIE = "xferd_session"
 CSRF_COOKIE = "xferd_csrf"
 CSRF_HEADER = "x-csrf-token"
 #: The body of every refused login, whatever was wrong.
-LOGIN_FAILED = {"error": "login failed"}
+LOGIN_FAILED = {"error": "login failed", "detail": "login failed: the token was not accepted"}
 CSRF_WRONG = "CSRF token missing or wrong"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Failed logins per client address allowed within ``LOGIN_WINDOW_S``.

@@ -100,7 +100,8 @@ async def test_wrong_token_gets_no_hint(service: tuple[Service, FakeAdapter]) ->
     async with client(svc) as http:
         for token in ("wrong", TOKENS["viewer"] + "x", "a" * 512):
             response = await http.post("/console/login", json={"token": token})
-            assert response.status_code == 401 and response.json() == {"error": "login failed"}
+            assert response.status_code == 401 and response.json()["error"] == "login failed"
+            assert response.json()["detail"] == "login failed: the token was not accepted"  # no hint
             assert SESSION_COOKIE not in set_cookies(response)
         assert (await http.get("/console/me")).status_code == 401
         # A malformed body is the API's usual 4xx sentence, not a crash.
@@ -382,3 +383,66 @@ async def test_conflated_stream_over_the_socket(service: tuple[Service, FakeAdap
                 if message["kind"] == "call":
                     seen.append(message["call"]["members"][1]["status"])
         assert len(seen) < 20
+
+
+# -- the timeline ----------------------------------------------------------------------
+
+
+async def test_timeline_tells_a_live_and_then_a_stored_transfer(
+    service: tuple[Service, FakeAdapter], tmp_path: Path
+) -> None:
+    svc, adapter = service
+    answered_call(adapter)
+    headers = {"Authorization": f"Bearer {TOKENS['operator']}"}
+    async with client(svc) as http:
+        body = {"channel_id": "PJSIP/2000-c1", "number": "2005"}
+        started = await http.post("/v1/transfers", json=body, headers=headers)
+        assert started.status_code == 201, started.text
+        transfer_id = started.json()["id"]
+        adapter.call("consult-1", ("extension", "2000", "PJSIP/2000-x", "ANSWER"),
+                     ("extension", "2005", "PJSIP/2005-t", "RING"))  # fmt: skip
+        completed = await http.post(f"/v1/transfers/{transfer_id}/complete", headers=headers)
+        assert completed.status_code == 200, completed.text
+        response = await http.get(f"/v1/transfers/{transfer_id}/timeline", headers=headers)
+        assert response.status_code == 200
+        timeline = response.json()
+        assert timeline["transfer_id"] == transfer_id
+        entries = timeline["entries"]
+        assert all(set(e) == {"at", "kind", "text"} for e in entries)
+        kinds = [e["kind"] for e in entries]
+        texts = [e["text"] for e in entries]
+        assert kinds[0] == "client" and texts[0].startswith(f"start {transfer_id}: PJSIP/2000-c1 → 2005")
+        assert "by api:operator-user" in texts[0]
+        assert f"start {transfer_id} → 2005 (PJSIP/2000-c1)" in texts  # xferd → PBX, as replay says it
+        assert any(t.startswith(f"ok for start {transfer_id}") for t in texts)
+        assert f"{transfer_id}: idle → consulting (initiated)" in texts
+        assert any(k == "pbx" and "2005 RING" in t for k, t in zip(kinds, texts, strict=True))
+        assert f"complete {transfer_id}" in texts  # the client's op
+        assert texts[-1] == f"{transfer_id}: consulting → completed (operator)"
+        assert [e["at"] for e in entries] == sorted(e["at"] for e in entries)
+
+        missing = await http.get("/v1/transfers/no-such-id/timeline", headers=headers)
+        assert missing.status_code == 404 and missing.json()["detail"] == "no transfer with id no-such-id"
+        viewer = {"Authorization": f"Bearer {TOKENS['viewer']}"}
+        assert (await http.get(f"/v1/transfers/{transfer_id}/timeline", headers=viewer)).status_code == 200
+        assert (await http.get(f"/v1/transfers/{transfer_id}/timeline")).status_code == 401
+
+    # A restarted service has no journal of it: the story comes from the store.
+    await svc.stop()
+    again = Service(svc.config, adapter=FakeAdapter())
+    await again.start()
+    try:
+        async with client(again) as http:
+            response = await http.get(f"/v1/transfers/{transfer_id}/timeline", headers=headers)
+            assert response.status_code == 200
+            entries = response.json()["entries"]
+            texts = [e["text"] for e in entries]
+            assert texts[0].startswith(f"start {transfer_id}") and "by api:operator-user" in texts[0]
+            states = [e["text"] for e in entries if e["kind"] == "state"]
+            assert states == [
+                f"{transfer_id}: idle → consulting (initiated)",
+                f"{transfer_id}: consulting → completed (operator)",
+            ]
+            assert any("transfer.complete by operator-user (operator): ok" in t for t in texts)
+    finally:
+        await again.stop()
