@@ -183,10 +183,16 @@ async def test_refusal_shows_the_api_sentence(context, xf: Xferd) -> None:
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def own_xf(sim: PbxSimulator, tmp_path: Path) -> AsyncIterator[Xferd]:
-    service = await Xferd(console_config(tmp_path, sim), sim).start()
-    yield service
-    await service.close()
+async def own_xf(tmp_path: Path) -> AsyncIterator[Xferd]:
+    """A service and simulator of the test's own (it restarts the one or floods the other)."""
+    sim = PbxSimulator()
+    await sim.start()
+    try:
+        service = await Xferd(console_config(tmp_path, sim), sim).start()
+        yield service
+        await service.close()
+    finally:
+        await sim.stop()
 
 
 async def test_stream_drop_page_recovers_without_reload(context, own_xf: Xferd) -> None:

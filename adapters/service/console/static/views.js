@@ -560,7 +560,8 @@ function timeline(app, t) {
           { class: `tl tl-${String(e.kind || "").toLowerCase()}` },
           h("time", null, clock(e.at)),
           h("span", { class: "tl-kind" }, e.kind),
-          h("span", { class: "tl-text" }, e.text),
+          // The transfer's full id is in the card's head: its first 8 characters say enough here.
+          h("span", { class: "tl-text" }, String(e.text ?? "").replaceAll(t.id, t.id.slice(0, 8))),
         ),
       ),
     ),
