@@ -179,6 +179,25 @@ async def test_refusal_shows_the_api_sentence(context, xf: Xferd) -> None:
     assert console.errors == []
 
 
+async def test_values_from_the_pbx_are_shown_as_text(context, xf: Xferd) -> None:
+    """A "number" that is markup stays text: no element is made of it, no script runs."""
+    agent = extension(xf.sim)
+    console = await Console.open(context, xf, "sue")
+    page = console.page
+    await xf.call_in(agent)
+    markup = "<img/src=x/onerror=window.__pwned=1>"
+    started = await xf.post("/v1/transfers", {"extension": agent, "number": markup})
+    assert started.status_code == 201, started.text
+    row = page.locator("#transfers-body tr", has_text=markup)
+    await expect(row).to_be_visible()
+    await row.click()
+    await expect(console.transfer_card()).to_contain_text(markup)
+    assert await page.locator("#app-view img").count() == 0
+    assert await page.evaluate("window.__pwned === undefined")
+    assert (await xf.post(f"/v1/transfers/{started.json()['id']}/abort")).status_code == 200
+    assert console.errors == []
+
+
 # -- the stream drops: the service restarts under the page -------------------------------------
 
 

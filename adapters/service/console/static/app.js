@@ -127,8 +127,20 @@ const app = {
 
 // -- drawing -------------------------------------------------------------------------
 
+/** Forget the oldest entries of a Map beyond `size` (a console stays open for a whole shift). */
+function cap(map, size) {
+  for (const key of map.keys()) {
+    if (map.size <= size) break;
+    map.delete(key);
+  }
+}
+
 function draw() {
   app.frame = 0;
+  cap(app.timelines, 200);
+  cap(app.fetched, 200);
+  cap(app.lastTransfer, 2000);
+  cap(app.errors, 200);
   const changed = app.state.take();
   for (const part of app.dirty) changed.add(part);
   app.dirty.clear();
@@ -550,7 +562,8 @@ function move(delta) {
     const list = app.visible;
     if (!list.length) return;
     const at = app.selection && app.selection.kind === "call" ? list.findIndex((c) => c.key === app.selection.key) : -1;
-    const next = Math.max(0, Math.min(list.length - 1, at < 0 ? (delta > 0 ? app.page * PAGE_SIZE : app.page * PAGE_SIZE) : at + delta));
+    // Nothing selected yet: start at the top of the page on screen.
+    const next = Math.max(0, Math.min(list.length - 1, at < 0 ? app.page * PAGE_SIZE : at + delta));
     app.page = Math.floor(next / PAGE_SIZE);
     app.select({ kind: "call", key: list[next].key });
   } else if (app.tab === "history") {
