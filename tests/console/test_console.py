@@ -162,6 +162,31 @@ async def test_listen_button_reaches_the_pbx(context, xf: Xferd) -> None:
     assert console.errors == []
 
 
+async def test_park_by_key_then_retrieve_from_the_parked_list(context, xf: Xferd) -> None:
+    agent, colleague = extension(xf.sim), extension(xf.sim, Phone(answer_after=0.05))
+    console = await Console.open(context, xf, "sue")
+    page = console.page
+    agent_channel = await xf.call_in(agent)
+    await console.select_call(agent)
+    # p: park; the dialog proposes the party the extension talks to (the caller waits).
+    await page.keyboard.press("p")
+    await expect(page.locator("#dialog select[name=channel] option:checked")).to_contain_text("inbound")
+    await page.locator("#dialog button[type=submit]").click()
+    await expect(page.locator(".toast-ok", has_text="Parked in slot")).to_be_visible()
+    parks = requests_to(xf.sim, "call/park")
+    assert parks and parks[-1]["channel_id"] not in ("", agent_channel)  # the caller, not the agent
+    row = page.locator("#parked-body tr", has_text=agent)
+    await expect(row).to_be_visible()
+    slot = (await row.locator("td").first.text_content() or "").strip()
+    assert slot
+    await row.locator("button", has_text="Retrieve").click()
+    await page.locator("#dialog input[name=extension]").fill(colleague)
+    await page.locator("#dialog input[name=extension]").press("Enter")
+    await expect(page.locator(".toast-ok", has_text=f"extension {colleague} rings")).to_be_visible()
+    assert requests_to(xf.sim, "call/dial", caller=colleague, callee=slot)
+    assert console.errors == []
+
+
 async def test_refusal_shows_the_api_sentence(context, xf: Xferd) -> None:
     agent = extension(xf.sim)
     console = await Console.open(context, xf, "otto")
