@@ -129,11 +129,18 @@ async def main(out: Path) -> None:
                 await shoot(page, out, "audit")
                 await page.keyboard.press("g")
                 await page.keyboard.press("l")
+                await console.select_call(scene["answered_agent"])
                 await page.keyboard.press("?")
                 await shoot(page, out, "keys")
+                await page.keyboard.press("Escape")
+                # The service goes away under the page: the banner, the greyed-out view.
+                await xf.terminate()
+                await expect(page.locator("#banner")).to_contain_text("next try in")
+                await shoot(page, out, "reconnecting")
                 await browser.close()
         finally:
-            await xf.terminate()
+            if xf.proc is not None and xf.proc.returncode is None:
+                await xf.terminate()
             await xf.close()
             await sim.stop()
 

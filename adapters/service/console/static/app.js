@@ -32,6 +32,7 @@ const app = {
   me: null,
   state: new LiveState(),
   stream: null,
+  live: false, // the stream is up (what the page shows is current)
   tab: "live",
   selection: null, // {kind: "call", key} | {kind: "transfer", id}
   filter: "",
@@ -195,16 +196,25 @@ let bannerTimer = 0;
 
 function banner(status) {
   const el = $("#banner");
-  const live = $("#stream-status");
+  const streamStatus = $("#stream-status");
   clearInterval(bannerTimer);
   document.body.classList.toggle("stale", status.state === "reconnecting");
+  const live = status.state === "live";
+  if (live !== app.live) {
+    app.live = live;
+    app.redraw("health"); // the link status is only known while the stream is
+  }
   if (status.state === "live") {
     el.hidden = true;
-    fill(live, h("span", { class: "dot dot-ok" }), "Live");
-    live.title = "receiving live updates";
+    fill(streamStatus, h("span", { class: "dot dot-ok" }), "Live");
+    streamStatus.title = "receiving live updates";
     return;
   }
-  fill(live, h("span", { class: "dot dot-warn" }), status.state === "connecting" ? "Connecting" : "Reconnecting");
+  fill(
+    streamStatus,
+    h("span", { class: "dot dot-warn" }),
+    status.state === "connecting" ? "Connecting" : "Reconnecting",
+  );
   if (status.state !== "reconnecting") return;
   el.hidden = false;
   const paint = () => {

@@ -580,12 +580,12 @@ export function renderHealth(app) {
   const pbxs = health.pbxs && health.pbxs.length ? health.pbxs : [{ name: "", pbx: health.pbx, platform: health.platform, detail: health.detail }];
   fill(
     el,
-    pbxs.map((p) =>
-      pill(
-        `${p.name && p.name !== "default" ? p.name + ": " : "PBX "}${p.pbx === "connected" ? "connected" : "down"}`,
-        p.pbx === "connected" ? "ok" : "bad",
-        `${p.platform || ""} ${p.detail || ""}`.trim(),
-      ),
-    ),
+    pbxs.map((p) => {
+      const label = `${p.name && p.name !== "default" ? p.name + ": " : "PBX "}${p.pbx === "connected" ? "connected" : "down"}`;
+      const detail = `${p.platform || ""} ${p.detail || ""}`.trim();
+      // Without the stream the service itself is out of reach: its last word, greyed.
+      if (!app.live) return pill(`${label}?`, "muted", `last known (the service is not reachable now): ${detail}`);
+      return pill(label, p.pbx === "connected" ? "ok" : "bad", detail);
+    }),
   );
 }
