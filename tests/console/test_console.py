@@ -35,7 +35,8 @@ def requests_to(sim: PbxSimulator, endpoint: str, **fields: str) -> list[dict[st
 
 
 async def test_attended_transfer_from_the_page_completed_by_keyboard(context, xf: Xferd) -> None:
-    agent, target = extension(xf.sim), extension(xf.sim, Phone(answer_after=3.0))
+    # The target's phone rings until the test answers it (after the page showed it ringing).
+    agent, target = extension(xf.sim), extension(xf.sim, Phone(answer_after=None))
     console = await Console.open(context, xf, "sue")
     page = console.page
 
@@ -55,9 +56,11 @@ async def test_attended_transfer_from_the_page_completed_by_keyboard(context, xf
     await expect(card).to_contain_text("sue (console)")
     transfer_id = await card.get_attribute("data-transfer")
     assert transfer_id
-    if (await xf.transfer(transfer_id)).get("no_answer_at"):
-        await expect(card.locator("[data-deadline]")).to_contain_text("no answer in")
+    await expect(card.locator("[data-deadline]")).to_contain_text("no answer in")
+    await expect(card.locator("button[data-op]")).not_to_have_count(0)
+    xf.sim.answer(xf.sim.channel_of(target))
     await expect(card).to_contain_text("answered")
+    await expect(card.locator("[data-deadline]")).to_have_count(0)  # the timer is off once answered
     # Only what the transfer allows now is offered.
     await expect(card.locator("button[data-op]")).to_have_count(4)
     assert xf.sim.operate_count("complete") == 0
@@ -130,11 +133,21 @@ async def test_two_supervisors_complete_at_once_one_complete_reaches_the_pbx(
             await expect(button).to_be_enabled()
             buttons.append(button)
         before = xf.sim.operate_count("complete")
-        await asyncio.gather(*(button.click() for button in buttons))
+        sent: list[str] = []
+        for console in consoles:
+            console.page.on(
+                "request",
+                lambda r: sent.append(r.url) if r.method == "POST" and r.url.endswith("/complete") else None,
+            )
+        # Both clicks leave in the same instant: straight to the buttons, with none of Playwright's
+        # waits (one of which would see the other page's click disable or remove its button).
+        handles = [await button.element_handle() for button in buttons]
+        await asyncio.gather(*(handle.evaluate("button => button.click()") for handle in handles))
         for console in consoles:
             await expect(console.transfer_card()).to_have_attribute("data-state", "completed")
         final = await xf.final(transfer_id)
         assert final["state"] == "completed"
+        assert len(sent) == 2  # both supervisors' requests reached the service
         assert xf.sim.operate_count("complete") - before == 1
         assert len(requests_to(xf.sim, "call/transfer", attended_operate="complete")) == before + 1
         # Whoever lost the race was told why, in the API's words (or saw it completed first).
