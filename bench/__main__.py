@@ -23,6 +23,7 @@ Runner = Callable[[Sizes], Awaitable[list[Figure]]]
 
 def _figures() -> dict[str, Runner]:
     # Imported here so that ``--help`` is instant and a broken module names itself.
+    from bench.console import run_console
     from bench.ingest import run_ingest, run_scaling
     from bench.latency import run_latency
     from bench.load import run_load
@@ -38,10 +39,11 @@ def _figures() -> dict[str, Runner]:
         "replay": run_replay,
         "load": run_load,
         "rules": run_rules,
+        "console": run_console,
     }
 
 
-NAMES = ("ingest", "latency", "memory", "scaling", "replay", "load", "rules")
+NAMES = ("ingest", "latency", "memory", "scaling", "replay", "load", "rules", "console")
 
 
 def _load() -> str:

@@ -30,10 +30,12 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
 from adapters.service.audit import AuditLog, AuditMiddleware
+from adapters.service.hub import Subscription
 from adapters.service.logs import get_logger
 from adapters.service.roles import Principal, Role
 from adapters.service.sessions import CSRF_HEADER, SESSION_COOKIE, SessionError, Sessions
 from adapters.service.store import StoreError
+from adapters.service.stream_writer import RawWriter
 from engine.errors import Rejected
 
 if TYPE_CHECKING:
@@ -234,11 +236,7 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
         try:
             if first is not None:
                 await websocket.send_text(first)
-            while (batch := await subscription.batch()) is not None:
-                for n, message in enumerate(batch, 1):
-                    await websocket.send_text(message)
-                    if n % 64 == 0:
-                        await asyncio.sleep(0)  # a long batch must not hold the loop: frames wait
+            await send_batches(websocket, subscription)
             if watcher.done():
                 return  # the client left
             # 1013 "try again later": the client fell behind; 1001: the service is stopping.
@@ -284,6 +282,20 @@ def health(ctx: ApiContext) -> dict[str, Any]:
         "pbxs": pbxs,
     }
     return body
+
+
+async def send_batches(websocket: WebSocket, subscription: Subscription) -> None:
+    """Send the subscription's batches until it ends: each wake-up's frames in one write where the
+    server allows it (:mod:`adapters.service.stream_writer`), else message by message."""
+    raw = RawWriter.find(websocket)
+    while (batches := await subscription.batches()) is not None:
+        if raw is not None:
+            await raw.write(b"".join(batch.frames for batch in batches))
+            continue
+        for n, message in enumerate((text for batch in batches for text in batch.texts), 1):
+            await websocket.send_text(message)
+            if n % 64 == 0:
+                await asyncio.sleep(0)  # a long batch must not hold the loop: frames wait
 
 
 def stream_snapshot(ctx: ApiContext, pbx: str | None) -> str:

@@ -21,9 +21,14 @@ notices) are never conflated or dropped.  Conflation happens once, in the
 hub, not per client: published messages collect in one ordered buffer (a
 call's newer change replaces its older one and moves to the end), and a
 timer flushes the buffer every ``interval_s`` while it holds anything,
-putting the same tuple of messages on every conflated client's queue.  So a
+putting the same :class:`Batch` on every conflated client's queue.  So a
 publish costs the same with 1 or 50 browsers attached, and each client's
-sender wakes at most ten times a second.  A conflated client with more than
+sender wakes at most ten times a second.  A batch's WebSocket frames are
+encoded once for every client (:func:`ws_frame`), and the stream writes a
+client's waiting batches to its socket in one write
+(:mod:`adapters.service.stream_writer`): per message and client there is no
+system call and no framing, which is what made 50 browsers cost more than
+the engine itself.  A conflated client with more than
 ``batches`` flushes waiting (it is that many ticks behind) is dropped like a
 slow plain one.  The first flush after a subscription may repeat changes
 that its snapshot already shows (published just before it subscribed):
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -46,6 +52,36 @@ log = get_logger("xferd.stream")
 CONFLATE_INTERVAL_S = 0.1
 #: Flushes a conflated client may have waiting before it is dropped (seconds behind × 10).
 CONFLATED_BATCHES = 30
+
+
+def ws_frame(text: str) -> bytes:
+    """``text`` as one unmasked, final WebSocket text frame (RFC 6455 §5.2: what a server sends)."""
+    payload = text.encode()
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
+
+
+class Batch:
+    """One flush's messages, shared by every conflated client that gets it; their WebSocket
+    frames are encoded once, by the first client that asks, for all of them."""
+
+    __slots__ = ("_frames", "texts")
+
+    def __init__(self, texts: tuple[str, ...]) -> None:
+        self.texts = texts
+        self._frames: bytes | None = None
+
+    @property
+    def frames(self) -> bytes:
+        if self._frames is None:
+            self._frames = b"".join(ws_frame(text) for text in self.texts)
+        return self._frames
 
 
 class Subscription:
@@ -69,23 +105,25 @@ class Subscription:
         item: str | None = await self.queue.get()
         return item
 
-    async def batch(self) -> list[str] | None:
-        """Every message waiting (at least one; waits for it), or None at the end."""
+    async def batches(self) -> list[Batch] | None:
+        """Every batch waiting (at least one; waits for it), or None at the end."""
         item = await self.queue.get()
-        texts: list[str] = []
+        batches: list[Batch] = []
         while True:
             if item is None:
-                if texts:  # deliver what came before the end marker; the next call ends
+                if batches:  # deliver what came before the end marker; the next call ends
                     self.queue.put_nowait(None)
-                    return texts
+                    return batches
                 return None
-            if isinstance(item, str):
-                texts.append(item)
-            else:
-                texts.extend(item)
+            batches.append(Batch((item,)) if isinstance(item, str) else item)
             if self.queue.empty():
-                return texts
+                return batches
             item = self.queue.get_nowait()
+
+    async def batch(self) -> list[str] | None:
+        """Every message waiting (at least one; waits for it), or None at the end."""
+        batches = await self.batches()
+        return None if batches is None else [text for batch in batches for text in batch.texts]
 
     def end(self) -> None:
         while not self.queue.empty():
@@ -160,16 +198,16 @@ class Hub:
         pending, self._pending = self._pending, {}
         if not pending or not self._conflated:
             return
-        every = tuple(text for text, _ in pending.values())
-        of_pbx: dict[str, tuple[str, ...]] = {}
+        every = Batch(tuple(text for text, _ in pending.values()))
+        of_pbx: dict[str, Batch] = {}
         for subscription in list(self._conflated):
             batch = every
             if subscription.pbx is not None:
                 only = subscription.pbx
                 if only not in of_pbx:
-                    of_pbx[only] = tuple(text for text, pbx in pending.values() if pbx in (None, only))
+                    of_pbx[only] = Batch(tuple(text for text, pbx in pending.values() if pbx in (None, only)))
                 batch = of_pbx[only]
-                if not batch:
+                if not batch.texts:
                     continue
             try:
                 subscription.queue.put_nowait(batch)

@@ -256,6 +256,9 @@ class Service:
             log_config=None,  # our structlog handler on the root logger formats uvicorn's lines
             lifespan="off",
             ws="websockets-sansio",
+            # The live stream fans one message out to every client: compressing it per client
+            # would cost more CPU than everything else the stream does (see bench "console").
+            ws_per_message_deflate=False,
             timeout_graceful_shutdown=3,
         )
         self._server = _Uvicorn(config)

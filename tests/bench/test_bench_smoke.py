@@ -24,6 +24,7 @@ def expected_names(sizes: Sizes) -> set[str]:
     names.add("transfers_at_load")
     names |= {"rules_ingest_indexed", "rules_ingest_unfiltered", "rule_decision_latency_p50"}
     names.add("rule_decision_latency_p99")
+    names |= {"console_ingest", "console_latency_p99"}
     for calls in sizes.memory_calls:
         names |= {f"memory_per_call@{calls}", f"memory_per_transfer@{calls}", f"memory_after_end@{calls}"}
     names |= {f"ingest_rate@{calls}" for calls in sizes.scaling_calls}

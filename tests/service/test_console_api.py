@@ -446,3 +446,51 @@ async def test_timeline_tells_a_live_and_then_a_stored_transfer(
             assert any("transfer.complete by operator-user (operator): ok" in t for t in texts)
     finally:
         await again.stop()
+
+
+async def test_stream_writes_batches_in_one_write_per_wakeup(
+    service: tuple[Service, FakeAdapter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under uvicorn the stream writes a wake-up's frames at once; the frames are valid
+    WebSocket text frames (the client decodes them as usual)."""
+    from adapters.service import stream_writer
+
+    writes: list[int] = []
+    real = stream_writer.RawWriter.write
+
+    async def counting(self: stream_writer.RawWriter, frames: bytes) -> None:
+        writes.append(len(frames))
+        await real(self, frames)
+
+    monkeypatch.setattr(stream_writer.RawWriter, "write", counting)
+    svc, adapter = service
+    async with connect(ws_url(svc, f"?token={ADMIN}")) as ws:
+        await until(lambda: bool(svc.hub))
+        for n in range(30):  # 30 calls change at once: one flush, one write
+            answered_call(adapter, f"c{n}", ext=f"2{n:03d}")
+        seen = {json.loads(await asyncio.wait_for(ws.recv(), 5))["call"]["call_id"] for _ in range(30)}
+        assert seen == {f"c{n}" for n in range(30)}
+    assert writes and len(writes) <= 2  # a flush may split across a wake-up, never per message
+
+
+def test_raw_writer_is_not_used_where_it_cannot_be() -> None:
+    from adapters.service.stream_writer import RawWriter, _protocol_behind
+
+    async def plain_send(message: Any) -> None:
+        pass
+
+    assert _protocol_behind(plain_send) is None
+    assert _protocol_behind(None) is None
+
+    class NotUvicorn:
+        _send = plain_send
+
+    assert RawWriter.find(NotUvicorn()) is None  # type: ignore[arg-type]
+
+
+def test_ws_frame_lengths() -> None:
+    from adapters.service.hub import ws_frame
+
+    assert ws_frame("hi") == b"\x81\x02hi"
+    assert ws_frame("x" * 200)[:4] == b"\x81\x7e\x00\xc8"
+    assert ws_frame("x" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")
