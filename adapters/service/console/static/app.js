@@ -763,6 +763,10 @@ function keyHelp() {
 function stopAll() {
   if (app.stream) app.stream.stop();
   app.stream = null;
+  app.live = false;
+  clearInterval(bannerTimer);
+  $("#banner").hidden = true;
+  document.body.classList.remove("stale");
   for (const timer of app.timers) clearInterval(timer);
   app.timers = [];
   if ($("#dialog").open) $("#dialog").close();
