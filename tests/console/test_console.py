@@ -341,3 +341,57 @@ async def test_logout(context, xf: Xferd) -> None:
     names = {c["name"] for c in await context.cookies()}
     assert "xferd_session" not in names
     assert USERS["sue"][1] not in await console.page.content()  # the token is not kept in the page
+
+
+async def test_state_model_keeps_one_call_per_leg_and_finished_transfers_in_history(
+    context, xf: Xferd
+) -> None:
+    """The page's model (state.js) on its own: messages in, what the page would draw out."""
+    page = await context.new_page()
+    await page.goto(f"http://127.0.0.1:{xf.port}/console/")
+    result = await page.evaluate(STATE_SCRIPT)
+    assert result == {
+        "inexact": False,  # seen at the snapshot: its start was not observed ("≥")
+        "c1": ["B"],
+        "c2": ["A", "C"],
+        "onCall": "t1",
+        "afterFinal": None,
+        "history": ["t1", "old"],
+        "calls": ["p|c1"],
+        "callOfA": None,
+    }
+
+
+#: Runs in the page: the model fed by hand, what it holds after each step.
+STATE_SCRIPT = """async () => {
+  const { LiveState } = await import("/console/static/state.js");
+  const s = new LiveState();
+  const leg = (channel_id, number, status, kind = "extension") => ({ channel_id, number, status, kind });
+  const transfer = (state, at) => ({
+    id: "t1", state, updated_at: at,
+    transferor: { channel_id: "A" }, transferee: { channel_id: "B" }, target: { channel_id: "C" },
+  });
+  const members = [leg("A", "1", "ANSWER"), leg("B", "5", "ANSWERED", "inbound")];
+  const c1 = { call_id: "c1", pbx: "p", members };
+  s.applySnapshot({
+    calls: [c1],
+    transfers: [{ id: "old", state: "completed", updated_at: "2026-01-01T00:00:00Z" }],
+  }, 1000);
+  const inexact = s.calls.get("p|c1").legs.get("A").exact;
+  // The consultation re-reports A under a new call: it leaves c1.
+  const c2 = { call_id: "c2", pbx: "p", members: [leg("A", "100", "ANSWER"), leg("C", "200", "RING")] };
+  s.apply({ kind: "call", call: c2 }, 2000);
+  const legsOf = (key) => [...s.calls.get(key).legs.keys()];
+  const [inC1, inC2] = [legsOf("p|c1"), legsOf("p|c2")];
+  // A transfer on A: the call knows it; final, it moves to the history.
+  s.applyTransfer(transfer("consulting", "2026-01-01T00:01:00Z"));
+  const onCall = s.transferOfCall(s.calls.get("p|c2")).id;
+  s.applyTransfer(transfer("aborted", "2026-01-01T00:02:00Z"));
+  const afterFinal = s.transferOfCall(s.calls.get("p|c2"));
+  // Every leg gone: the call is gone.
+  s.apply({ kind: "call", call: { call_id: "c2", pbx: "p", members: [] } }, 3000);
+  return {
+    inexact, c1: inC1, c2: inC2, onCall, afterFinal, history: s.history.map((t) => t.id),
+    calls: [...s.calls.keys()], callOfA: s.callOfChannel("A"),
+  };
+}"""
