@@ -318,7 +318,8 @@ def same_origin(connection: HTTPConnection) -> bool:
     origin = connection.headers.get("origin")
     if origin is None:
         return True  # not a browser
-    return origin.partition("://")[2].rstrip("/") == connection.headers.get("host", "")
+    hosts = {connection.headers.get("host", ""), connection.headers.get("x-forwarded-host", "")}
+    return origin.partition("://")[2].rstrip("/") in hosts - {""}
 
 
 def _links(pbxs: Sequence[dict[str, Any]]) -> str:

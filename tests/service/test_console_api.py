@@ -494,3 +494,15 @@ def test_ws_frame_lengths() -> None:
     assert ws_frame("hi") == b"\x81\x02hi"
     assert ws_frame("x" * 200)[:4] == b"\x81\x7e\x00\xc8"
     assert ws_frame("x" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")
+
+
+async def test_login_takes_only_json(service: tuple[Service, FakeAdapter]) -> None:
+    """A cross-site form can post text/plain or form data, never application/json without a
+    preflight: a login from such a form must not set a session (login CSRF)."""
+    svc, _ = service
+    async with client(svc) as http:
+        body = json.dumps({"token": ADMIN})
+        for content_type in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data"):
+            response = await http.post("/console/login", content=body, headers={"Content-Type": content_type})
+            assert response.status_code in (400, 415, 422), (content_type, response.status_code)
+            assert SESSION_COOKIE not in set_cookies(response)
