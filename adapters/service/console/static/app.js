@@ -22,6 +22,7 @@ import {
   renderParked,
   renderTransfers,
   tick,
+  visibleCalls,
   visibleHistory,
 } from "./views.js";
 
@@ -37,7 +38,6 @@ const app = {
   selection: null, // {kind: "call", key} | {kind: "transfer", id}
   filter: "",
   page: 0,
-  visible: [], // the calls the filter lets through, in table order
   busy: new Set(), // "t:<transfer>", "c:<channel>", "new:<call key>": a request in flight
   errors: new Map(), // same keys → the API's sentence of the last refusal
   timelines: new Map(), // transfer id → {updated_at, entries | null, loading}
@@ -569,7 +569,8 @@ let goPending = false;
 
 function move(delta) {
   if (app.tab === "live") {
-    const list = app.visible;
+    // Computed now, not the last drawn list: a key may come before the next frame is drawn.
+    const list = visibleCalls(app);
     if (!list.length) return;
     const at = app.selection && app.selection.kind === "call" ? list.findIndex((c) => c.key === app.selection.key) : -1;
     // Nothing selected yet: start at the top of the page on screen.
@@ -675,7 +676,8 @@ async function boot() {
     if (event.key === "Enter") {
       event.preventDefault();
       event.target.blur();
-      if (app.tab === "live" && app.visible.length) app.select({ kind: "call", key: app.visible[0].key });
+      const first = app.tab === "live" ? visibleCalls(app)[0] : null;
+      if (first) app.select({ kind: "call", key: first.key });
     }
   });
   for (const name of TABS) $(`#tab-${name}`).addEventListener("click", () => showTab(name));

@@ -126,7 +126,6 @@ export function renderCalls(app) {
   app.page = Math.min(app.page, pages - 1);
   const first = app.page * PAGE_SIZE;
   const shown = calls.slice(first, first + PAGE_SIZE);
-  app.visible = calls;
   const selected = app.selection && app.selection.kind === "call" ? app.selection.key : null;
   const multiPbx = app.state.health && (app.state.health.pbxs || []).length > 1;
   const rows = shown.map((call) => {
