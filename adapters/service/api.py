@@ -46,6 +46,8 @@ log = get_logger("xferd.api")
 
 #: Finished transfers (per PBX, newest first) in a stream snapshot: the console's history.
 RECENT_IN_SNAPSHOT = 100
+#: Calls encoded between two yields to the loop while a snapshot is built.
+SNAPSHOT_SLICE = 200
 _STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -220,8 +222,8 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
             return
         await websocket.accept()
         subscription = ctx.hub.subscribe(pbx, conflated=True)
-        # Built right after subscribing, with no await between: every change after it is queued.
-        first = stream_snapshot(ctx, pbx) if snapshot else None
+        # Built after subscribing: every change from then on is queued too.
+        first = await stream_snapshot(ctx, pbx) if snapshot else None
 
         async def watch_disconnect() -> None:
             # Clients only listen; reading is how we notice they left.
@@ -298,18 +300,34 @@ async def send_batches(websocket: WebSocket, subscription: Subscription) -> None
                 await asyncio.sleep(0)  # a long batch must not hold the loop: frames wait
 
 
-def stream_snapshot(ctx: ApiContext, pbx: str | None) -> str:
+async def stream_snapshot(ctx: ApiContext, pbx: str | None) -> str:
     """The stream's first message with ``?snapshot=1``: every live transfer and call, the
-    recently finished transfers, and health."""
+    recently finished transfers, and health.
+
+    Called after subscribing: every change from then on is queued for the client too, so the
+    snapshot may be encoded in slices, letting the loop run between them (a thousand calls
+    for each of fifty reconnecting browsers must not stall the feed); a change that lands
+    between slices is in the snapshot or in the queue, or both (harmless: the later wins).
+    """
     runtimes = ctx.runtimes(pbx)
     transfers = [t for runtime in runtimes for t in runtime.live_transfers()]
     live = {t["id"] for t in transfers}
     transfers += [
         dict(t) for r in runtimes for t in r.recent_finished()[:RECENT_IN_SNAPSHOT] if t["id"] not in live
     ]
-    calls = [call for runtime in runtimes for call in runtime.calls()]
-    message = {"kind": "snapshot", "transfers": transfers, "calls": calls, "health": health(ctx)}
-    return json.dumps(message, separators=(",", ":"), default=str)
+    dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
+    parts = [dumps(t) for t in transfers]
+    await asyncio.sleep(0)
+    calls: list[str] = []
+    for runtime in runtimes:
+        views = runtime.calls()
+        for start in range(0, len(views), SNAPSHOT_SLICE):
+            calls += [dumps(call) for call in views[start : start + SNAPSHOT_SLICE]]
+            await asyncio.sleep(0)
+    return (
+        f'{{"kind":"snapshot","transfers":[{",".join(parts)}],"calls":[{",".join(calls)}],'
+        f'"health":{dumps(health(ctx))}}}'
+    )
 
 
 def same_origin(connection: HTTPConnection) -> bool:

@@ -28,11 +28,17 @@ encoded once for every client (:func:`ws_frame`), and the stream writes a
 client's waiting batches to its socket in one write
 (:mod:`adapters.service.stream_writer`): per message and client there is no
 system call and no framing, which is what made 50 browsers cost more than
-the engine itself.  A conflated client with more than
-``batches`` flushes waiting (it is that many ticks behind) is dropped like a
-slow plain one.  The first flush after a subscription may repeat changes
-that its snapshot already shows (published just before it subscribed):
-harmless, as each message carries the whole state of its call or transfer.
+the engine itself.  A conflated client that falls
+behind (its socket is full, so its sender waits) does not pile up stale
+states: once :data:`MERGE_AT` flushes wait, they are folded into one holding
+each call's latest change only, so a slow browser gets fewer, fresher
+updates instead of being dropped and reconnecting (a new snapshot each
+time).  It is dropped (1013) only when it took nothing for ``stall_s``
+seconds, or more than ``max_unconflated`` transfer changes wait for it.
+
+The first flushes after a subscription may repeat changes that its snapshot
+already shows: harmless, as each message carries the whole state of its call
+or transfer.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import time
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -50,8 +57,12 @@ log = get_logger("xferd.stream")
 
 #: Seconds between flushes of conflated changes (so ≤ 10 per second per call per client).
 CONFLATE_INTERVAL_S = 0.1
-#: Flushes a conflated client may have waiting before it is dropped (seconds behind × 10).
-CONFLATED_BATCHES = 30
+#: A conflated client with this many flushes waiting has them folded into one.
+MERGE_AT = 4
+#: A conflated client that took nothing for this long is dropped (seconds).
+STALL_S = 10.0
+#: … and so is one with more waiting messages that cannot be folded (transfer changes).
+MAX_UNCONFLATED = 5000
 
 
 def ws_frame(text: str) -> bytes:
@@ -69,12 +80,14 @@ def ws_frame(text: str) -> bytes:
 
 class Batch:
     """One flush's messages, shared by every conflated client that gets it; their WebSocket
-    frames are encoded once, by the first client that asks, for all of them."""
+    frames are encoded once, by the first client that asks, for all of them.  ``keys`` name
+    each message: ``(pbx, call_id)`` for a call change, a unique number for anything else."""
 
-    __slots__ = ("_frames", "texts")
+    __slots__ = ("_frames", "keys", "texts")
 
-    def __init__(self, texts: tuple[str, ...]) -> None:
+    def __init__(self, texts: tuple[str, ...], keys: tuple[Hashable, ...] = ()) -> None:
         self.texts = texts
+        self.keys = keys
         self._frames: bytes | None = None
 
     @property
@@ -82,6 +95,22 @@ class Batch:
         if self._frames is None:
             self._frames = b"".join(ws_frame(text) for text in self.texts)
         return self._frames
+
+    @classmethod
+    def merged(cls, batches: list[Batch]) -> Batch:
+        """``batches`` as one, each call's latest change only (a client that fell behind)."""
+        latest: dict[Hashable, str] = {}
+        for batch in batches:
+            for key, text in zip(batch.keys, batch.texts, strict=True):
+                if type(key) is tuple:
+                    latest.pop(key, None)  # latest wins, and moves to the end
+                latest[key] = text
+        return cls(tuple(latest.values()), tuple(latest.keys()))
+
+    @property
+    def unconflatable(self) -> int:
+        """How many of its messages are not call changes (never merged away)."""
+        return sum(1 for key in self.keys if type(key) is not tuple)
 
 
 class Subscription:
@@ -96,6 +125,9 @@ class Subscription:
     def __init__(self, size: int, pbx: str | None = None, *, conflated: bool = False) -> None:
         self.queue: asyncio.Queue[Any] = asyncio.Queue(size)
         self.overflowed = False
+        #: When the client last took what waited (monotonic): a conflated client that takes
+        #: nothing for the hub's ``stall_s`` is dropped.
+        self.taken_at = time.monotonic()
         #: Only this PBX's messages (None: every PBX's).
         self.pbx = pbx
         self.conflated = conflated
@@ -108,6 +140,7 @@ class Subscription:
     async def batches(self) -> list[Batch] | None:
         """Every batch waiting (at least one; waits for it), or None at the end."""
         item = await self.queue.get()
+        self.taken_at = time.monotonic()
         batches: list[Batch] = []
         while True:
             if item is None:
@@ -117,6 +150,8 @@ class Subscription:
                 return None
             batches.append(Batch((item,)) if isinstance(item, str) else item)
             if self.queue.empty():
+                if self.conflated and len(batches) > 1:
+                    return [Batch.merged(batches)]  # several flushes at once: latest per call
                 return batches
             item = self.queue.get_nowait()
 
@@ -140,7 +175,8 @@ class Hub:
         self.metrics = metrics
         self.queue_size = queue_size
         self.interval_s = interval_s
-        self.batches = CONFLATED_BATCHES
+        self.stall_s = STALL_S
+        self.max_unconflated = MAX_UNCONFLATED
         self._subscribers: set[Subscription] = set()
         self._plain: set[Subscription] = set()
         self._conflated: set[Subscription] = set()
@@ -154,7 +190,7 @@ class Hub:
         return bool(self._subscribers)
 
     def subscribe(self, pbx: str | None = None, *, conflated: bool = False) -> Subscription:
-        size = self.batches if conflated else self.queue_size
+        size = MERGE_AT + 1 if conflated else self.queue_size
         subscription = Subscription(size, pbx, conflated=conflated)
         self._subscribers.add(subscription)
         (self._conflated if conflated else self._plain).add(subscription)
@@ -198,21 +234,29 @@ class Hub:
         pending, self._pending = self._pending, {}
         if not pending or not self._conflated:
             return
-        every = Batch(tuple(text for text, _ in pending.values()))
+        every = Batch(tuple(text for text, _ in pending.values()), tuple(pending))
         of_pbx: dict[str, Batch] = {}
+        now = time.monotonic()
         for subscription in list(self._conflated):
             batch = every
             if subscription.pbx is not None:
                 only = subscription.pbx
                 if only not in of_pbx:
-                    of_pbx[only] = Batch(tuple(text for text, pbx in pending.values() if pbx in (None, only)))
+                    mine = [(key, text) for key, (text, pbx) in pending.items() if pbx in (None, only)]
+                    of_pbx[only] = Batch(tuple(t for _, t in mine), tuple(k for k, _ in mine))
                 batch = of_pbx[only]
                 if not batch.texts:
                     continue
-            try:
-                subscription.queue.put_nowait(batch)
-            except asyncio.QueueFull:
-                self._drop(subscription)
+            queue = subscription.queue
+            if queue.qsize() >= MERGE_AT:
+                # Behind: fold what waits into one batch, each call's latest change only.
+                waiting = [queue.get_nowait() for _ in range(queue.qsize())]
+                batch = Batch.merged([*waiting, batch])
+                stalled = now - subscription.taken_at > self.stall_s
+                if stalled or batch.unconflatable > self.max_unconflated:
+                    self._drop(subscription)
+                    continue
+            queue.put_nowait(batch)
 
     def _drop(self, subscription: Subscription) -> None:
         # A slow consumer must never slow the feed: drop it.

@@ -341,6 +341,7 @@ async def test_conflated_client_that_stops_reading_is_dropped_not_waited_for() -
 
     metrics = Metrics()
     hub = Hub(metrics, interval_s=0.005)
+    hub.stall_s = 0.2
     stuck = hub.subscribe(conflated=True)
     reading = hub.subscribe(conflated=True)
     received = 0
@@ -365,6 +366,29 @@ async def test_conflated_client_that_stops_reading_is_dropped_not_waited_for() -
     await reader
     assert received > 0
     assert metrics.stream_dropped._value.get() == 1
+
+
+async def test_a_client_behind_gets_each_calls_latest_change_once() -> None:
+    """Flushes waiting for a slow client are folded: every call once, its latest change; every
+    transfer change still there, in order."""
+    from adapters.service.hub import MERGE_AT, Hub
+    from adapters.service.metrics import Metrics
+
+    hub = Hub(Metrics())
+    slow = hub.subscribe(conflated=True)
+    for flush in range(MERGE_AT * 3):
+        for call in range(5):
+            hub.publish(call_message(f"c{call}", flush), "default")
+        hub.publish(transfer_message("t1", flush), "default")
+        hub._flush()  # as the timer would, without waiting for it
+    assert slow.queue.qsize() <= MERGE_AT and not slow.overflowed
+    messages = [json.loads(text) for text in await slow.batch() or []]
+    calls = [m["call"] for m in messages if m["kind"] == "call"]
+    assert sorted(c["call_id"] for c in calls) == [f"c{n}" for n in range(5)]  # each once
+    last = MERGE_AT * 3 - 1
+    assert all(c["members"][0]["status"] == f"S{last}" for c in calls)  # the latest
+    assert [m["transfer"]["seq"] for m in messages if m["kind"] == "transfer"] == list(range(MERGE_AT * 3))
+    hub.close()
 
 
 async def test_conflated_stream_over_the_socket(service: tuple[Service, FakeAdapter]) -> None:
