@@ -139,8 +139,10 @@ class Console:
         await expect(page.locator("#stream-status")).to_have_text("Live")
 
     def row(self, number: str) -> Any:
-        """The calls-table row of the call ``number`` takes part in."""
-        return self.page.locator("#calls-body tr[data-key]", has_text=number)
+        """The calls-table row of the call ``number`` takes part in (as a party: not as the
+        target another call's transfer names)."""
+        party = self.page.locator(".leg .num", has_text=number)
+        return self.page.locator("#calls-body tr[data-key]", has=party)
 
     def transfer_card(self) -> Any:
         return self.page.locator('#detail section[aria-label="transfer"]')
