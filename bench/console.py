@@ -104,7 +104,7 @@ async def run_console(sizes: Sizes) -> list[Figure]:
         return [x for result in results[n] for x in result["latencies"]]
 
     def mean(n: int, key: str) -> float:
-        return sum(result[key] for result in results[n]) / len(results[n])
+        return float(sum(result[key] for result in results[n])) / len(results[n])
 
     alone, watched = pooled(0), pooled(count)
     fps_alone, fps_watched = mean(0, "fps"), mean(count, "fps")

@@ -17,7 +17,6 @@ calls).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
@@ -30,12 +29,10 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocketDisconnect
 
 from adapters.service.audit import AuditLog, AuditMiddleware
-from adapters.service.hub import Subscription
 from adapters.service.logs import get_logger
 from adapters.service.roles import Principal, Role
 from adapters.service.sessions import CSRF_HEADER, SESSION_COOKIE, SessionError, Sessions
 from adapters.service.store import StoreError
-from adapters.service.stream_writer import RawWriter
 from engine.errors import Rejected
 
 if TYPE_CHECKING:
@@ -44,10 +41,6 @@ if TYPE_CHECKING:
 
 log = get_logger("xferd.api")
 
-#: Finished transfers (per PBX, newest first) in a stream snapshot: the console's history.
-RECENT_IN_SNAPSHOT = 100
-#: Calls encoded between two yields to the loop while a snapshot is built.
-SNAPSHOT_SLICE = 200
 _STATUS_CODES = {401: "unauthorized", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
@@ -168,6 +161,7 @@ class ApiContext:
 def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     """The control API for ``service`` (every PBX it drives)."""
     from adapters.service import api_calls, api_console, api_rules, api_transfers, console_static
+    from adapters.service.stream import same_origin, send_batches, stream_snapshot
 
     ctx = ApiContext(service, request_timeout_s=request_timeout_s)
     app = FastAPI(title="xferd", version="1", summary="Attended-transfer control API")
@@ -180,8 +174,30 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
-        body = health(ctx)
-        return JSONResponse(body, 200 if body["status"] == "ok" else 503)
+        pbxs = []
+        for name, unit in ctx.units.items():
+            adapter = unit.adapter
+            pbxs.append(
+                {
+                    "name": name,
+                    "pbx": "connected" if adapter.connected else "disconnected",
+                    "platform": adapter.platform,
+                    "capabilities": list(adapter.capabilities),
+                    "detail": adapter.detail,
+                }
+            )
+        connected = all(p["pbx"] == "connected" for p in pbxs)
+        platforms = {p["platform"] for p in pbxs}
+        capabilities = [c for c in pbxs[0]["capabilities"] if all(c in p["capabilities"] for p in pbxs)]
+        body: dict[str, Any] = {
+            "status": "ok" if connected else "degraded",
+            "pbx": "connected" if connected else "disconnected",
+            "platform": platforms.pop() if len(platforms) == 1 else "mixed",
+            "capabilities": capabilities,
+            "detail": pbxs[0]["detail"] if len(pbxs) == 1 else _links(pbxs),
+            "pbxs": pbxs,
+        }
+        return JSONResponse(body, 200 if connected else 503)
 
     @app.get("/metrics", dependencies=viewer)
     async def metrics() -> Response:
@@ -223,7 +239,7 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
         await websocket.accept()
         subscription = ctx.hub.subscribe(pbx, conflated=True)
         # Built after subscribing: every change from then on is queued too.
-        first = await stream_snapshot(ctx, pbx) if snapshot else None
+        first = await stream_snapshot(ctx, app, pbx) if snapshot else None
 
         async def watch_disconnect() -> None:
             # Clients only listen; reading is how we notice they left.
@@ -256,88 +272,6 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     console_static.mount(app)  # the supervisor console's page and files (/console/)
     _webhooks(app, ctx)
     return app
-
-
-def health(ctx: ApiContext) -> dict[str, Any]:
-    """The ``/healthz`` body (also the stream snapshot's ``health``)."""
-    pbxs = []
-    for name, unit in ctx.units.items():
-        adapter = unit.adapter
-        pbxs.append(
-            {
-                "name": name,
-                "pbx": "connected" if adapter.connected else "disconnected",
-                "platform": adapter.platform,
-                "capabilities": list(adapter.capabilities),
-                "detail": adapter.detail,
-            }
-        )
-    connected = all(p["pbx"] == "connected" for p in pbxs)
-    platforms = {p["platform"] for p in pbxs}
-    capabilities = [c for c in pbxs[0]["capabilities"] if all(c in p["capabilities"] for p in pbxs)]
-    body: dict[str, Any] = {
-        "status": "ok" if connected else "degraded",
-        "pbx": "connected" if connected else "disconnected",
-        "platform": platforms.pop() if len(platforms) == 1 else "mixed",
-        "capabilities": capabilities,
-        "detail": pbxs[0]["detail"] if len(pbxs) == 1 else _links(pbxs),
-        "pbxs": pbxs,
-    }
-    return body
-
-
-async def send_batches(websocket: WebSocket, subscription: Subscription) -> None:
-    """Send the subscription's batches until it ends: each wake-up's frames in one write where the
-    server allows it (:mod:`adapters.service.stream_writer`), else message by message."""
-    raw = RawWriter.find(websocket)
-    while (batches := await subscription.batches()) is not None:
-        if raw is not None:
-            await raw.write(b"".join(batch.frames for batch in batches))
-            continue
-        for n, message in enumerate((text for batch in batches for text in batch.texts), 1):
-            await websocket.send_text(message)
-            if n % 64 == 0:
-                await asyncio.sleep(0)  # a long batch must not hold the loop: frames wait
-
-
-async def stream_snapshot(ctx: ApiContext, pbx: str | None) -> str:
-    """The stream's first message with ``?snapshot=1``: every live transfer and call, the
-    recently finished transfers, and health.
-
-    Called after subscribing: every change from then on is queued for the client too, so the
-    snapshot may be encoded in slices, letting the loop run between them (a thousand calls
-    for each of fifty reconnecting browsers must not stall the feed); a change that lands
-    between slices is in the snapshot or in the queue, or both (harmless: the later wins).
-    """
-    runtimes = ctx.runtimes(pbx)
-    transfers = [t for runtime in runtimes for t in runtime.live_transfers()]
-    live = {t["id"] for t in transfers}
-    transfers += [
-        dict(t) for r in runtimes for t in r.recent_finished()[:RECENT_IN_SNAPSHOT] if t["id"] not in live
-    ]
-    dumps = json.JSONEncoder(separators=(",", ":"), default=str).encode
-    parts = [dumps(t) for t in transfers]
-    await asyncio.sleep(0)
-    calls: list[str] = []
-    for runtime in runtimes:
-        views = runtime.calls()
-        for start in range(0, len(views), SNAPSHOT_SLICE):
-            calls += [dumps(call) for call in views[start : start + SNAPSHOT_SLICE]]
-            await asyncio.sleep(0)
-    return (
-        f'{{"kind":"snapshot","transfers":[{",".join(parts)}],"calls":[{",".join(calls)}],'
-        f'"health":{dumps(health(ctx))}}}'
-    )
-
-
-def same_origin(connection: HTTPConnection) -> bool:
-    """A websocket opened with the session cookie must come from a page of this service
-    (browsers send ``Origin``; cookies alone would let any site's script open the stream)."""
-    origin = connection.headers.get("origin")
-    if origin is None:
-        return True  # not a browser
-    hosts = {connection.headers.get("host", ""), connection.headers.get("x-forwarded-host", "")}
-    return origin.partition("://")[2].rstrip("/") in hosts - {""}
 
 
 def _links(pbxs: Sequence[dict[str, Any]]) -> str:

@@ -47,6 +47,7 @@ handling is configured for it.
 from __future__ import annotations
 
 import hmac
+import math
 import secrets
 import time
 from collections import OrderedDict, deque
@@ -138,7 +139,9 @@ class Sessions:
     def check(self, value: str) -> Session:
         """The session a cookie value holds; raises :class:`SessionError` (401) if it is no good."""
         try:
-            payload, signed_at = self._serializer.loads(value, max_age=self.ttl_s, return_timestamp=True)
+            payload, signed_at = self._serializer.loads(
+                value, max_age=math.ceil(self.ttl_s), return_timestamp=True
+            )
         except SignatureExpired:
             raise SessionError(401, "unauthorized", "the console session expired; log in again") from None
         except BadSignature:
@@ -175,7 +178,7 @@ class Sessions:
 
     # -- cookies ---------------------------------------------------------------------
     def set_cookies(self, response: Response, value: str, csrf: str, *, secure: bool) -> None:
-        max_age = int(self.ttl_s)
+        max_age = math.ceil(self.ttl_s)
         response.set_cookie(
             SESSION_COOKIE, value, max_age=max_age, path="/", secure=secure, httponly=True, samesite="strict"
         )

@@ -530,3 +530,32 @@ async def test_login_takes_only_json(service: tuple[Service, FakeAdapter]) -> No
             response = await http.post("/console/login", content=body, headers={"Content-Type": content_type})
             assert response.status_code in (400, 415, 422), (content_type, response.status_code)
             assert SESSION_COOKIE not in set_cookies(response)
+
+
+async def test_stream_with_an_expired_session_is_401(service: tuple[Service, FakeAdapter]) -> None:
+    svc, _ = service
+    async with client(svc) as http:
+        await login(http, TOKENS["viewer"])
+        cookie = f"{SESSION_COOKIE}={http.cookies[SESSION_COOKIE]}"
+    svc.app.state.ctx.sessions.clock = lambda: time.time() + 28800 + 5
+    with pytest.raises(InvalidStatus) as refused:
+        async with connect(ws_url(svc), additional_headers={"Cookie": cookie, "Origin": svc.base_url}):
+            pass
+    assert refused.value.response.status_code == 401
+
+
+def test_journal_memory_is_bounded() -> None:
+    from adapters.service.journal import Journal
+    from engine.model import OperatorRequested, TimerFired, TransferRequested
+
+    journal = Journal(transfers=10, rows=5)
+    for n in range(50):
+        journal.record(TransferRequested(at=float(n), transfer_id=f"t{n}", number="2005", type="attended",
+                                         channel_id="PJSIP/2000-1"), [])  # fmt: skip
+    assert not journal.holds("t0") and journal.holds("t49")
+    for n in range(20):
+        journal.record(TimerFired(at=100.0 + n, transfer_id="t49", timer=f"no_answer#0#{n}"), [])
+    journal.record(OperatorRequested(at=200.0, transfer_id="t49", op="abort"), [])
+    entries = journal.entries("t49", None)
+    assert len(entries) == 6 and "earlier rows not kept" in entries[0]["text"]
+    assert entries[-1]["text"] == "abort t49"
