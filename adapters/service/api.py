@@ -164,7 +164,7 @@ class ApiContext:
 
 def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     """The control API for ``service`` (every PBX it drives)."""
-    from adapters.service import api_calls, api_console, api_rules, api_transfers
+    from adapters.service import api_calls, api_console, api_rules, api_transfers, console_static
     from adapters.service.stream import same_origin, send_batches, stream_snapshot
 
     ctx = ApiContext(service, request_timeout_s=request_timeout_s)
@@ -275,6 +275,7 @@ def create_app(service: Service, *, request_timeout_s: float = 5.0) -> FastAPI:
     app.include_router(api_rules.routes(ctx))
     app.include_router(api_calls.routes(ctx))
     app.include_router(api_console.routes(ctx))
+    console_static.mount(app)  # the supervisor console's page and files (/console/)
     _webhooks(app, ctx)
     return app
 

@@ -87,6 +87,7 @@ def test_the_wheel_holds_every_run_time_file_and_nothing_else(wheel: Path) -> No
     assert wanted - names == set()
     assert {name.split("/")[0] for name in names} == {"engine", "adapters", f"xferd-{VERSION}.dist-info"}
     assert any(name.startswith("adapters/replay/examples/") and name.endswith(".jsonl") for name in names)
+    assert {"adapters/service/console/index.html", "adapters/service/console/static/app.js"} <= names
     metadata = zipfile.ZipFile(wheel).read(f"xferd-{VERSION}.dist-info/METADATA").decode()
     assert "License-Expression: MIT" in metadata
     assert f"xferd-{VERSION}.dist-info/licenses/LICENSE" in names
@@ -130,3 +131,15 @@ def test_installed_replay_runs_a_bundled_scenario(installed: Path, tmp_path: Pat
     assert "PASS target-busy-fallback-answers" in result.stdout
     assert result.stdout.rstrip().endswith("1 passed, 0 failed")
     assert "consulting → completed (policy)" in result.stdout
+
+
+def test_installed_package_finds_the_console_files(installed: Path, tmp_path: Path) -> None:
+    script = (
+        "from adapters.service.console_static import CONSOLE_DIR as d; "
+        "print((d / 'index.html').is_file(), (d / 'static' / 'app.js').is_file(), d)"
+    )
+    result = _run([str(installed / "python"), "-c", script], tmp_path, 60)
+    assert result.returncode == 0, result.stderr
+    found, app, where = result.stdout.split(maxsplit=2)
+    assert (found, app) == ("True", "True")
+    assert Path(where.strip()).is_relative_to(installed.parent)
