@@ -102,7 +102,8 @@ def configure(
     # httpx logs every PBX request at INFO; the runtime's own ``decision`` and
     # ``request_finished`` lines say the same with the transfer's id, and the
     # duplicate cost ~10 % of each PBX request's CPU under load (bench/RESULTS.md).
-    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
+    # At DEBUG they are kept (scrubbed of the token like every line).
+    logging.getLogger("httpx").setLevel(level if level < logging.INFO else max(level, logging.WARNING))
 
 
 def get_logger(name: str) -> Any:

@@ -175,7 +175,8 @@ async def test_secrets_stay_out_of_observer_reports_and_library_logs(
     pbx = FakePbx()
     observer = RecordingObserver()
     rest = pbx.rest(clock=FakeClock(), observer=observer)
-    with caplog.at_level(logging.DEBUG):
+    # httpx's own logger too: the service keeps it at WARNING outside DEBUG (logs.configure).
+    with caplog.at_level(logging.DEBUG), caplog.at_level(logging.DEBUG, logger="httpx"):
         await rest.tokens.token()
         await rest.query(type="inbound")
         await rest.aclose()
