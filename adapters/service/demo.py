@@ -75,6 +75,24 @@ class TimelineObserver(MetricsObserver):
         )
 
 
+def simulator_config(sim: PbxSimulator, tmp: Path, listen: str, token: str, policy: PolicyConfig) -> Config:
+    """The config both demos run with: the simulator as the one PBX, a store in ``tmp``,
+    the control API on ``listen`` with ``token`` as its admin token."""
+    return Config(
+        pbx=(
+            YeastarPbx(
+                kind="yeastar",
+                base_url=sim.base_url,
+                client_id=sim.config.client_id,
+                client_secret=SecretStr(sim.config.client_secret),
+            ),
+        ),
+        api=ApiConfig(listen=listen, token=SecretStr(token)),
+        store=StoreConfig(path=tmp / "xferd.sqlite3"),
+        policy=policy,
+    )
+
+
 async def watch(
     subscription: Subscription, timeline: Timeline, finished: asyncio.Future[dict[str, Any]]
 ) -> None:
@@ -129,19 +147,7 @@ async def run_demo(out: TextIO = sys.stdout) -> int:
     await sim.start()
     token = secrets.token_urlsafe(24)
     with tempfile.TemporaryDirectory(prefix="xferd-demo-") as tmp:
-        config = Config(
-            pbx=(
-                YeastarPbx(
-                    kind="yeastar",
-                    base_url=sim.base_url,
-                    client_id=sim.config.client_id,
-                    client_secret=SecretStr(sim.config.client_secret),
-                ),
-            ),
-            api=ApiConfig(listen="127.0.0.1:0", token=SecretStr(token)),
-            store=StoreConfig(path=Path(tmp) / "xferd.sqlite3"),
-            policy=PolicyConfig(no_answer_timeout_s=10),
-        )
+        config = simulator_config(sim, Path(tmp), "127.0.0.1:0", token, PolicyConfig(no_answer_timeout_s=10))
         service = Service(config, observer=TimelineObserver(Metrics(), timeline))
         print(f"xferd demo: simulated Yeastar PBX at {sim.base_url}", file=out)
         await service.start()

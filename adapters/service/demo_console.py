@@ -28,10 +28,9 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from pydantic import SecretStr
-
 from adapters.service import logs
-from adapters.service.config import ApiConfig, Config, PolicyConfig, StoreConfig, YeastarPbx
+from adapters.service.config import PolicyConfig
+from adapters.service.demo import simulator_config
 from adapters.service.server import Service
 from adapters.yeastar.simulator import PbxSimulator, Phone
 
@@ -64,18 +63,12 @@ async def run_console_demo(port: int = 0, out: TextIO = sys.stdout) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         with tempfile.TemporaryDirectory(prefix="xferd-console-demo-") as tmp:
-            config = Config(
-                pbx=(
-                    YeastarPbx(
-                        kind="yeastar",
-                        base_url=sim.base_url,
-                        client_id=sim.config.client_id,
-                        client_secret=SecretStr(sim.config.client_secret),
-                    ),
-                ),
-                api=ApiConfig(listen=f"127.0.0.1:{port}", token=SecretStr(token)),
-                store=StoreConfig(path=Path(tmp) / "xferd.sqlite3"),
-                policy=PolicyConfig(on_answer="hold", no_answer_timeout_s=20),
+            config = simulator_config(
+                sim,
+                Path(tmp),
+                f"127.0.0.1:{port}",
+                token,
+                PolicyConfig(on_answer="hold", no_answer_timeout_s=20),
             )
             service = Service(config)
             try:
