@@ -114,7 +114,8 @@ async def _burst(
         name,
         p99,
         "ms",
-        f"the value is p99; p50 {p50:.1f} ms, max {worst:.1f} ms; {store} store; {count} transfers POSTed at once "
+        f"the value is p99; p50 {p50:.1f} ms, max {worst:.1f} ms; {store} store; "
+        f"{count} transfers POSTed at once "
         f"(answers {', '.join(f'{c}: {n}' for c, n in sorted(codes.items()))}; "
         f"{posted.get('retries', 0)} retried after 503), targets answering {low}-{high} s after ringing; "
         f"{len(latencies)} samples; exactly one complete for {exactly_one}/{count}, "
