@@ -338,9 +338,7 @@ class Runtime:
 
     def _lost_lease(self, error: StaleFence) -> None:
         """A commit was refused for a stale fence: another instance owns this PBX now."""
-        stale_writes = getattr(self.metrics, "stale_writes", None)  # wired by the HA metrics
-        if stale_writes is not None:
-            stale_writes.inc()
+        self.metrics.stale_writes.inc()
         if self.stale:
             return
         self.stale = True
