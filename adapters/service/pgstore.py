@@ -81,7 +81,16 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb, set_json_dumps
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from adapters.service.store import AUDIT_FIELDS, Fence, Saved, StaleFence, StoreError
+from adapters.service.store import (
+    AUDIT_FIELDS,
+    Fence,
+    Saved,
+    StaleFence,
+    StoreError,
+    audit_entry,
+    audit_insert,
+    audit_params,
+)
 
 T = TypeVar("T")
 
@@ -413,13 +422,11 @@ class PgStore:
         """Append audit entries (one transaction for the batch)."""
         if not entries:
             return
-        columns = ", ".join(AUDIT_FIELDS)
-        marks = ", ".join("%s" for _ in AUDIT_FIELDS)
-        params = [tuple(entry.get(name) for name in AUDIT_FIELDS) for entry in entries]
+        params = audit_params(entries)
 
         async def write(conn: psycopg.AsyncConnection[Any]) -> None:
             async with conn.transaction(), conn.cursor() as cur:
-                await cur.executemany(f"INSERT INTO xferd_audit ({columns}) VALUES ({marks})", params)
+                await cur.executemany(audit_insert("xferd_audit", "%s"), params)
 
         await self._run("cannot write", write)
 
@@ -432,7 +439,7 @@ class PgStore:
             f"SELECT seq, {', '.join(AUDIT_FIELDS)} FROM xferd_audit{where} ORDER BY seq DESC LIMIT %s",
             (*params, limit),
         )
-        return [dict(zip(("seq", *AUDIT_FIELDS), row, strict=True)) for row in rows]
+        return [audit_entry(row) for row in rows]
 
     async def credentials_get(self, pbx: str, kind: str) -> dict[str, Any] | None:
         """The credential value of ``kind`` stored for ``pbx``, or None."""

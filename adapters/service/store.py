@@ -96,6 +96,22 @@ AUDIT_FIELDS = (
 )  # fmt: skip
 
 
+def audit_insert(table: str, mark: str) -> str:
+    """The INSERT of one audit entry into ``table`` with the driver's parameter ``mark``
+    (``?`` SQLite, ``%s`` psycopg): both stores write the same columns."""
+    return f"INSERT INTO {table} ({', '.join(AUDIT_FIELDS)}) VALUES ({', '.join(mark for _ in AUDIT_FIELDS)})"
+
+
+def audit_params(entries: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """The entries' values in :data:`AUDIT_FIELDS` order (a missing key is NULL)."""
+    return [tuple(entry.get(name) for name in AUDIT_FIELDS) for entry in entries]
+
+
+def audit_entry(row: Sequence[Any]) -> dict[str, Any]:
+    """A row of ``SELECT seq, <AUDIT_FIELDS>`` as the API's audit entry."""
+    return dict(zip(("seq", *AUDIT_FIELDS), row, strict=True))
+
+
 class StoreError(Exception):
     """The store cannot read or write (locked, disk full, not a database…).
 
@@ -289,14 +305,9 @@ class SqliteStore:
         """Append audit entries (one transaction for the batch)."""
         if not entries:
             return
-        columns = ", ".join(AUDIT_FIELDS)
-        marks = ", ".join("?" for _ in AUDIT_FIELDS)
         try:
             with self._transaction():
-                self._db.executemany(
-                    f"INSERT INTO audit ({columns}) VALUES ({marks})",
-                    [tuple(entry.get(name) for name in AUDIT_FIELDS) for entry in entries],
-                )
+                self._db.executemany(audit_insert("audit", "?"), audit_params(entries))
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.rollback()
@@ -311,7 +322,7 @@ class SqliteStore:
             f"SELECT seq, {', '.join(AUDIT_FIELDS)} FROM audit{where} ORDER BY seq DESC LIMIT ?",
             (*params, limit),
         )
-        return [dict(zip(("seq", *AUDIT_FIELDS), row, strict=True)) for row in rows]
+        return [audit_entry(row) for row in rows]
 
     async def credentials_get(self, pbx: str, kind: str) -> dict[str, Any] | None:
         """The credential value of ``kind`` stored for ``pbx``, or None."""
