@@ -190,6 +190,13 @@ class Service:
         engine = Engine(config.policy_of(pbx).engine_policy())
         credentials = StoredCredentials(self.store, pbx.name, CREDENTIAL_KIND[pbx.kind])
         runtime: Runtime
+        options: dict[str, Any] = {
+            "pbx": pbx.name,
+            "hub": self.hub,
+            "max_pending_transfers": config.api.max_pending_transfers,
+            "max_starting_transfers": config.api.max_starting_transfers,
+            **runtime_options,
+        }
         if config.record.path is not None:  # one PBX (the config checks)
             # Record this run as a scenario: frames and PBX requests through the
             # adapter's observer, API requests and snapshots through the runtime.
@@ -205,30 +212,11 @@ class Service:
             )
             adapter = adapter or build_adapter(pbx, Tee(self.observer, self.recorder), credentials)
             runtime = RecordingRuntime(
-                engine,
-                adapter,
-                self.store,
-                self.metrics,
-                pbx=pbx.name,
-                hub=self.hub,
-                recorder=self.recorder,
-                max_pending_transfers=config.api.max_pending_transfers,
-                max_starting_transfers=config.api.max_starting_transfers,
-                **runtime_options,
+                engine, adapter, self.store, self.metrics, recorder=self.recorder, **options
             )
         else:
             adapter = adapter or build_adapter(pbx, self.observer, credentials)
-            runtime = Runtime(
-                engine,
-                adapter,
-                self.store,
-                self.metrics,
-                pbx=pbx.name,
-                hub=self.hub,
-                max_pending_transfers=config.api.max_pending_transfers,
-                max_starting_transfers=config.api.max_starting_transfers,
-                **runtime_options,
-            )
+            runtime = Runtime(engine, adapter, self.store, self.metrics, **options)
         runtime.journal = self.journal
         return Unit(pbx.name, pbx, adapter, runtime)
 
